@@ -1,0 +1,69 @@
+"""Errors a user can cause, each with the exit code the CLI returns for it.
+
+The CLI prints ``error: <message>`` on one line and exits with ``exit_code``; library users catch
+``OnpError``. Codes are part of the public contract (README, "Exit codes"): a CI gate branches on them.
+"""
+
+from __future__ import annotations
+
+
+class OnpError(Exception):
+    """Base class: a problem with the user's input or environment, not a bug in onnx-onp."""
+
+    exit_code = 1
+    kind = "error"
+
+
+class ModelFileError(OnpError):
+    """The file is not ONNX, is truncated or corrupt, or cannot be read."""
+
+    exit_code = 3
+    kind = "bad-model-file"
+
+
+class ExternalDataError(OnpError):
+    """External tensor data is missing, or points outside the model's folder."""
+
+    exit_code = 4
+    kind = "bad-external-data"
+
+
+class UnsupportedModelError(OnpError):
+    """The graph is valid ONNX but onnx-onp or onnxruntime cannot handle it (operators, inputs, outputs)."""
+
+    exit_code = 5
+    kind = "unsupported-model"
+
+
+class DataError(OnpError):
+    """The dataset is unreadable, empty, does not fit the model's input, or has labels out of range."""
+
+    exit_code = 6
+    kind = "bad-data"
+
+
+class OutputError(OnpError):
+    """The output file cannot be written, or the written model failed its check."""
+
+    exit_code = 7
+    kind = "bad-output"
+
+
+class MaskError(OnpError):
+    """A neuron list or mask file does not fit the model's neuron map."""
+
+    exit_code = 8
+    kind = "bad-mask"
+
+
+EXIT_CODES = {
+    0: "success",
+    1: "internal error (a bug: please report it with --debug output)",
+    2: "usage error (unknown option, missing argument)",
+    ModelFileError.exit_code: "model file is not ONNX, truncated or corrupt",
+    ExternalDataError.exit_code: "external data missing or outside the model's folder",
+    UnsupportedModelError.exit_code: "unsupported model (operators, inputs or outputs)",
+    DataError.exit_code: "dataset unreadable, empty, wrong shape or labels out of range",
+    OutputError.exit_code: "output cannot be written or failed verification",
+    MaskError.exit_code: "neuron list or mask file does not fit the model",
+}

@@ -1,0 +1,198 @@
+"""Stage 3: one onnxruntime session that scores any pruning mask.
+
+The instrumented copy of the graph gets one extra input, ``onp_mask`` of shape [N, groups]: a keep-value per
+sample and group (1 keeps, 0 prunes). At every mask site of the neuron map the tensor is multiplied by the
+entries of its groups, gathered from that input. Because the mask is per sample, one run can score many masks
+at once (the data repeated once per mask), and the session never has to be rebuilt.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..load.loader import LoadedModel
+from ..neuron_map import NeuronMap
+from ..runtime import make_session
+
+MASK_INPUT = "onp_mask"
+
+
+def instrument(lm: LoadedModel, nmap: NeuronMap, extra_outputs: list[str] = ()) -> onnx.ModelProto:
+    """A copy of the model with the mask input wired into every mask site (and chosen tensors as outputs)."""
+    model = copy.deepcopy(lm.model)
+    graph = model.graph
+    value_types = _value_types(model)
+    n_groups = nmap.num_groups
+    graph.input.append(helper.make_tensor_value_info(MASK_INPUT, TensorProto.FLOAT, ["N", n_groups]))
+    # Column n_groups of the padded mask is a constant 1: elements with no prunable group gather it.
+    padded = "onp_mask/padded"
+    graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 0, 1], np.int64), "onp_mask/pads"))
+    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "onp_mask/one"))
+    new_nodes = [helper.make_node("Pad", [MASK_INPUT, "onp_mask/pads", "onp_mask/one"], [padded],
+                                  mode="constant", name="onp_mask/Pad")]
+    renamed: dict[str, str] = {}
+    for k, site in enumerate(nmap.mask_sites):
+        prefix = f"onp_mask/site{k}"
+        index = np.where(site.groups >= 0, site.groups, n_groups).astype(np.int64)
+        shape = np.array((-1,) + index.shape[1:], np.int64)
+        graph.initializer.append(numpy_helper.from_array(index.reshape(-1), f"{prefix}/index"))
+        graph.initializer.append(numpy_helper.from_array(shape, f"{prefix}/shape"))
+        new_nodes.append(helper.make_node("Gather", [padded, f"{prefix}/index"], [f"{prefix}/flat"], axis=1,
+                                          name=f"{prefix}/Gather"))
+        new_nodes.append(helper.make_node("Reshape", [f"{prefix}/flat", f"{prefix}/shape"], [f"{prefix}/mask"],
+                                          name=f"{prefix}/Reshape"))
+        mask = f"{prefix}/mask"
+        elem = value_types.get(site.tensor, TensorProto.FLOAT)
+        if elem != TensorProto.FLOAT:
+            new_nodes.append(helper.make_node("Cast", [mask], [f"{prefix}/cast"], to=elem, name=f"{prefix}/Cast"))
+            mask = f"{prefix}/cast"
+        masked = masked_name(nmap, site.tensor)
+        new_nodes.append(helper.make_node("Mul", [site.tensor, mask], [masked], name=f"{prefix}/Mul"))
+        renamed[site.tensor] = masked
+
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name in renamed:
+                node.input[slot] = renamed[name]
+    # Mask-building nodes need only the mask input: they go first. Each Mul goes right after the node that
+    # makes its tensor, so the graph stays topologically sorted.
+    head = [n for n in new_nodes if n.op_type != "Mul"]
+    muls = {n.input[0]: n for n in new_nodes if n.op_type == "Mul"}
+    ordered = list(head)
+    for node in graph.node:
+        ordered.append(node)
+        ordered.extend(muls.pop(out) for out in node.output if out in muls)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    existing = {o.name for o in graph.output}
+    for name in extra_outputs:
+        name = masked_name(nmap, name)
+        if name not in existing:
+            graph.output.append(onnx.ValueInfoProto(name=name))
+            existing.add(name)
+    return model
+
+
+def masked_name(nmap: NeuronMap, tensor: str) -> str:
+    """The name under which the instrumented model holds ``tensor`` after masking."""
+    return f"{tensor}/onp_masked" if any(site.tensor == tensor for site in nmap.mask_sites) else tensor
+
+
+def _value_types(model: onnx.ModelProto) -> dict[str, int]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is only a hint here
+        return {}
+    types = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    return types
+
+
+@dataclass
+class Scores:
+    """What one mask does on a labelled dataset."""
+
+    accuracy: float
+    loss: float  # mean cross-entropy
+    predictions: np.ndarray
+    seconds: float
+
+
+class MaskedEvaluator:
+    """Scores pruning masks on data with a single onnxruntime session.
+
+    Masks are boolean vectors over the neuron map's groups, True = pruned. Inputs are preprocessed arrays in
+    the model's layout.
+    """
+
+    def __init__(self, lm: LoadedModel, nmap: NeuronMap, *, provider: str = "auto", extra_outputs=(),
+                 batch_size: int = 256):
+        self.lm = lm
+        self.nmap = nmap
+        self.extra_outputs = list(extra_outputs)
+        self.model = instrument(lm, nmap, self.extra_outputs)
+        self.session, self.provider = make_session(self.model, provider, what=str(lm.path or "model"))
+        self.output_names = [lm.output_name] + [masked_name(nmap, t) for t in self.extra_outputs]
+        self.batch_size = lm.batch_fixed or batch_size
+        self.seconds_in_runtime = 0.0
+        self.runs = 0
+
+    def _keep(self, mask, rows: int) -> np.ndarray:
+        mask = np.asarray(mask)
+        if mask.ndim == 1:
+            keep = (~self.nmap.check_mask(mask)).astype(np.float32)
+            return np.ascontiguousarray(np.broadcast_to(keep, (rows, keep.shape[0])))
+        return (~mask.astype(bool)).astype(np.float32)
+
+    def run(self, x: np.ndarray, mask=None, *, with_extras: bool = False):
+        """Model outputs for a batch under a mask (one mask, or one per sample as an [N, groups] array)."""
+        mask = self.nmap.empty_mask() if mask is None else mask
+        feeds = {self.lm.input_name: np.ascontiguousarray(x, dtype=self.lm.input_dtype),
+                 MASK_INPUT: self._keep(mask, x.shape[0])}
+        start = time.perf_counter()
+        outputs = self.session.run(self.output_names if with_extras else [self.lm.output_name], feeds)
+        self.seconds_in_runtime += time.perf_counter() - start
+        self.runs += 1
+        return outputs if with_extras else outputs[0]
+
+    def logits(self, x: np.ndarray, mask=None) -> np.ndarray:
+        """Model outputs over a whole array, in batches."""
+        parts = [self.run(x[i:i + self.batch_size], mask) for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.lm.num_classes), np.float32)
+
+    def activations(self, x: np.ndarray, mask=None) -> dict[str, np.ndarray]:
+        """The chosen extra outputs (after masking) over a whole array."""
+        if not self.extra_outputs:
+            return {}
+        chunks = [self.run(x[i:i + self.batch_size], mask, with_extras=True)[1:]
+                  for i in range(0, len(x), self.batch_size)]
+        return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(self.extra_outputs)}
+
+    def score(self, x: np.ndarray, y: np.ndarray, mask=None) -> Scores:
+        start = time.perf_counter()
+        out = self.logits(x, mask)
+        return self._scores(out, y, time.perf_counter() - start)
+
+    def score_many(self, x: np.ndarray, y: np.ndarray, masks: np.ndarray) -> list[Scores]:
+        """Score several masks; rows from different masks share runs (the data repeated per mask)."""
+        masks = np.asarray(masks, dtype=bool)
+        for mask in masks:
+            self.nmap.check_mask(mask)
+        n = len(x)
+        if self.lm.batch_fixed or n >= self.batch_size:
+            return [self.score(x, y, m) for m in masks]
+        per_run = max(1, self.batch_size // max(n, 1))
+        results = []
+        for i in range(0, len(masks), per_run):
+            chunk = masks[i:i + per_run]
+            start = time.perf_counter()
+            out = self.run(np.concatenate([x] * len(chunk)), np.repeat(chunk, n, axis=0))
+            seconds = (time.perf_counter() - start) / len(chunk)
+            results.extend(self._scores(out[k * n:(k + 1) * n], y, seconds) for k in range(len(chunk)))
+        return results
+
+    def _scores(self, out: np.ndarray, y: np.ndarray, seconds: float) -> Scores:
+        predictions = out.argmax(axis=1)
+        accuracy = float((predictions == y).mean()) if len(y) else float("nan")
+        return Scores(accuracy=accuracy, loss=cross_entropy(out, y, self.lm.output_is_probability),
+                      predictions=predictions, seconds=seconds)
+
+
+def cross_entropy(out: np.ndarray, y: np.ndarray, is_probability: bool) -> float:
+    if not len(y):
+        return float("nan")
+    out = out.astype(np.float64)
+    if is_probability:
+        log_p = np.log(np.clip(out, 1e-12, None))
+    else:
+        shifted = out - out.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean())

@@ -1,0 +1,315 @@
+"""Stage 1: read an ONNX classifier safely and bring it into the one form the rest of the pipeline edits.
+
+The input file is only ever read. Everything downstream works on ``LoadedModel.model``, a normalised copy:
+constants are initializers, no initializer is used twice (so editing one layer never edits another), and
+every tensor's shape (at batch size 1) is known from one probe run of onnxruntime.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from google.protobuf.message import DecodeError
+
+from ..errors import ExternalDataError, ModelFileError, UnsupportedModelError
+from ..runtime import make_session
+
+# Integer tensors up to this many elements are kept from the probe: they hold shapes, axes and indices.
+_SMALL_INT_TENSOR = 64
+
+
+@dataclass
+class LoadedModel:
+    """A normalised model plus what the probe learned about it."""
+
+    model: onnx.ModelProto
+    path: Path | None
+    sha256: str
+    input_name: str
+    input_shape: list  # declared shape; str or None for dynamic dims
+    input_dtype: np.dtype
+    output_name: str
+    num_classes: int
+    output_is_probability: bool  # the graph ends in Softmax: outputs are probabilities, not logits
+    shapes: dict[str, tuple[int, ...]] = field(repr=False)  # every tensor's shape at batch size 1
+    small_values: dict[str, np.ndarray] = field(repr=False)  # values of small integer tensors
+    initializers: dict[str, onnx.TensorProto] = field(repr=False)
+
+    @property
+    def probe_input_shape(self) -> tuple[int, ...]:
+        return self.shapes[self.input_name]
+
+    @property
+    def batch_fixed(self) -> int | None:
+        """The batch size the model insists on, or None when the batch dimension is dynamic."""
+        dim = self.input_shape[0]
+        return dim if isinstance(dim, int) and dim > 0 else None
+
+    def initializer_array(self, name: str) -> np.ndarray:
+        return numpy_helper.to_array(self.initializers[name])
+
+    def describe(self) -> dict:
+        opset = next((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), None)
+        return {
+            "path": str(self.path) if self.path else None,
+            "sha256": self.sha256,
+            "producer": f"{self.model.producer_name} {self.model.producer_version}".strip(),
+            "opset": opset,
+            "input": {"name": self.input_name, "shape": self.input_shape},
+            "output": {"name": self.output_name, "classes": self.num_classes},
+            "nodes": len(self.model.graph.node),
+        }
+
+
+def load_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Read, check, normalise and probe an ONNX image classifier.
+
+    ``input_shape`` fixes dynamic non-batch input dimensions (e.g. (1, 3, 32, 32)) for the probe.
+    Raises ModelFileError, ExternalDataError or UnsupportedModelError with a one-line message.
+    """
+    path = Path(path)
+    raw = _read_bytes(path)
+    model = _parse(raw, path)
+    _load_external_data(model, path)
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise ModelFileError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
+    normalised = normalise(model)
+    return probe(normalised, path=path, sha256=hashlib.sha256(raw).hexdigest(), input_shape=input_shape)
+
+
+def load_model_proto(model: onnx.ModelProto, *, input_shape=None) -> LoadedModel:
+    """Same as load_model for a model already in memory (tests, pipelines); the proto is not modified."""
+    raw = model.SerializeToString()
+    return probe(normalise(model), path=None, sha256=hashlib.sha256(raw).hexdigest(), input_shape=input_shape)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _read_bytes(path: Path) -> bytes:
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not an ONNX file")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if not raw:
+        raise ModelFileError(f"{path}: empty file, not an ONNX model")
+    return raw
+
+
+def _parse(raw: bytes, path: Path) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(raw)
+    except (DecodeError, RuntimeError, ValueError):
+        raise ModelFileError(f"{path}: not an ONNX model, or truncated (protobuf parse failed)") from None
+    # Random bytes and truncated files sometimes parse into an almost empty message.
+    if model.ir_version <= 0 or not model.graph.node or not model.graph.output:
+        raise ModelFileError(f"{path}: not an ONNX model, or truncated (no graph, nodes or outputs)")
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """Load external tensor data, refusing any location outside the model's folder."""
+    base = path.parent.resolve()
+    tensors = [t for t in _all_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    for tensor in tensors:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(base):
+            raise ExternalDataError(
+                f"{path}: tensor '{tensor.name}' points to external data '{location}' outside the model's folder")
+        if not target.is_file():
+            raise ExternalDataError(f"{path}: tensor '{tensor.name}': external data file '{location}' not found")
+        size = target.stat().st_size
+        offset = int(info.get("offset", 0) or 0)
+        length = int(info.get("length", 0) or 0)
+        if offset + length > size:
+            raise ExternalDataError(
+                f"{path}: tensor '{tensor.name}': external data '{location}' is truncated "
+                f"(needs {offset + length} bytes, has {size})")
+    if tensors:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(base))
+        except Exception as exc:  # noqa: BLE001 - onnx raises several types here
+            raise ExternalDataError(f"{path}: cannot load external data: {_first_line(exc)}") from None
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Normalisation
+
+
+def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy with constants as initializers and no initializer shared between node inputs."""
+    model = copy.deepcopy(model)
+    graph = model.graph
+    _constants_to_initializers(graph)
+    _unshare_initializers(graph)
+    _name_nodes(graph)
+    return model
+
+
+def _constants_to_initializers(graph: onnx.GraphProto) -> None:
+    inits = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        value = None
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            value = _constant_value(node)
+        elif node.op_type == "ConstantOfShape" and node.input and node.input[0] in inits:
+            shape = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
+            fill = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"),
+                        np.zeros(1, np.float32))
+            value = np.full(tuple(shape), fill.reshape(-1)[0], dtype=fill.dtype)
+        if value is None:
+            keep.append(node)
+            continue
+        tensor = numpy_helper.from_array(np.asarray(value), node.output[0])
+        graph.initializer.append(tensor)
+        inits[tensor.name] = tensor
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+def _constant_value(node: onnx.NodeProto):
+    for attr in node.attribute:
+        if attr.name == "value":
+            return numpy_helper.to_array(attr.t)
+        if attr.name == "value_float":
+            return np.array(attr.f, np.float32)
+        if attr.name == "value_floats":
+            return np.array(list(attr.floats), np.float32)
+        if attr.name == "value_int":
+            return np.array(attr.i, np.int64)
+        if attr.name == "value_ints":
+            return np.array(list(attr.ints), np.int64)
+    return None  # sparse or string constants stay as nodes
+
+
+def _unshare_initializers(graph: onnx.GraphProto) -> None:
+    """Give every node input its own copy of an initializer that several inputs use."""
+    inits = {t.name: t for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    seen: dict[str, int] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            uses = seen.get(name, 0)
+            seen[name] = uses + 1
+            if uses == 0 and name not in graph_outputs:
+                continue
+            copy_name = f"{name}__onp_copy{uses}"
+            tensor = copy.deepcopy(inits[name])
+            tensor.name = copy_name
+            graph.initializer.append(tensor)
+            node.input[slot] = copy_name
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    """Unique, stable node names: layers are addressed by them on the command line."""
+    used = set()
+    for index, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in used:
+            name = f"{name}_{index}"
+        used.add(name)
+        node.name = name
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Probe
+
+
+def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedModel:
+    """Run the model once at batch size 1 with every tensor as an output: exact shapes and shape values."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    data_inputs = [i for i in graph.input if i.name not in inits]
+    where = str(path) if path else "model"
+    if len(data_inputs) != 1:
+        names = ", ".join(i.name for i in data_inputs) or "none"
+        raise UnsupportedModelError(f"{where}: expected one image input, found {len(data_inputs)} ({names})")
+    inp = data_inputs[0]
+    tensor_type = inp.type.tensor_type
+    declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor_type.shape.dim]
+    if len(declared) != 4:
+        raise UnsupportedModelError(f"{where}: input '{inp.name}' has rank {len(declared)}; expected an image "
+                                    "batch of rank 4 (NCHW or NHWC)")
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    if not np.issubdtype(dtype, np.floating):
+        raise UnsupportedModelError(f"{where}: input '{inp.name}' is {dtype}; expected a float image tensor")
+    shape = [1] + [d if isinstance(d, int) and d > 0 else None for d in declared[1:]]
+    if isinstance(declared[0], int) and declared[0] > 0:
+        shape[0] = declared[0]
+    if input_shape is not None:
+        shape = [shape[0]] + list(input_shape[1:])
+    if any(d is None for d in shape):
+        raise UnsupportedModelError(f"{where}: input '{inp.name}' has dynamic image dimensions {declared}; "
+                                    "give the input size explicitly")
+
+    output_name = graph.output[0].name
+    probe_model = copy.deepcopy(model)
+    existing = {o.name for o in probe_model.graph.output}
+    for node in probe_model.graph.node:
+        for out in node.output:
+            if out and out not in existing:
+                probe_model.graph.output.append(onnx.ValueInfoProto(name=out))
+                existing.add(out)
+    session, _ = make_session(probe_model, "cpu", what=where)
+    feed = np.zeros(shape, dtype=dtype)
+    names = [o.name for o in session.get_outputs()]
+    try:
+        values = session.run(names, {inp.name: feed})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        raise UnsupportedModelError(f"{where}: onnxruntime cannot run the model: {_first_line(exc)}") from None
+
+    shapes = {inp.name: tuple(shape)}
+    small = {}
+    for name, value in zip(names, values):
+        value = np.asarray(value)
+        shapes[name] = tuple(value.shape)
+        if value.dtype.kind in "iu" and value.size <= _SMALL_INT_TENSOR:
+            small[name] = value
+    for name, tensor in inits.items():
+        shapes[name] = tuple(tensor.dims)
+        if tensor.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and np.prod(tensor.dims) <= 64:
+            small[name] = numpy_helper.to_array(tensor)
+
+    out_shape = shapes[output_name]
+    if len(out_shape) != 2 or out_shape[1] < 2:
+        raise UnsupportedModelError(f"{where}: output '{output_name}' has shape {list(out_shape)} at batch size 1; "
+                                    "expected class scores of shape [N, classes]")
+    producer = {o: n for n in graph.node for o in n.output}
+    last = producer.get(output_name)
+    is_prob = last is not None and last.op_type == "Softmax"
+    return LoadedModel(model=model, path=path, sha256=sha256, input_name=inp.name, input_shape=declared,
+                       input_dtype=np.dtype(dtype), output_name=output_name, num_classes=int(out_shape[1]),
+                       output_is_probability=is_prob, shapes=shapes, small_values=small, initializers=inits)
