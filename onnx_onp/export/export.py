@@ -99,6 +99,12 @@ def shrunk_model(lm: LoadedModel, nmap: NeuronMap, mask) -> onnx.ModelProto:
             raise ShrinkError(f"cannot shrink: {site.detail or site.node}; write the zeroed model instead")
     _edit_initializers(model, arrays)
     del model.graph.value_info[:]  # shapes changed: stale annotations would mislead the runtime
+    for declared in model.graph.input:  # old models also list initializers as inputs, with their shapes
+        if declared.name in arrays:
+            dims = declared.type.tensor_type.shape.dim
+            for dim, size in zip(dims, arrays[declared.name].shape):
+                dim.Clear()
+                dim.dim_value = size
     return model
 
 
@@ -191,7 +197,7 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
     session, used = make_session(model, provider, what=f"{out_path} (pruned)")
     batch = lm.batch_fixed or 256
     got = np.concatenate([session.run([lm.output_name], {lm.input_name: check_inputs[i:i + batch]})[0]
-                          for i in range(0, len(check_inputs), batch)])
+                          for i in range(0, len(check_inputs), batch)]).reshape(expected.shape)
     diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
     if not diff <= tolerance:
         raise OutputError(f"{out_path}: not written: the {'shrunk' if shrink else 'zeroed'} model differs from "

@@ -30,22 +30,25 @@ def instrument(lm: LoadedModel, nmap: NeuronMap, extra_outputs: list[str] = ()) 
     value_types = _value_types(model)
     n_groups = nmap.num_groups
     graph.input.append(helper.make_tensor_value_info(MASK_INPUT, TensorProto.FLOAT, ["N", n_groups]))
-    # Column n_groups of the padded mask is a constant 1: elements with no prunable group gather it.
-    padded = "onp_mask/padded"
-    graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 0, 1], np.int64), "onp_mask/pads"))
-    graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), "onp_mask/one"))
-    new_nodes = [helper.make_node("Pad", [MASK_INPUT, "onp_mask/pads", "onp_mask/one"], [padded],
-                                  mode="constant", name="onp_mask/Pad")]
+    new_nodes = []
     renamed: dict[str, str] = {}
     for k, site in enumerate(nmap.mask_sites):
         prefix = f"onp_mask/site{k}"
-        index = np.where(site.groups >= 0, site.groups, n_groups).astype(np.int64)
+        # Elements with no prunable group gather column 0 and are lifted back to 1 by Max with a constant:
+        # plain Gather/Max/Reshape/Mul, which every opset since 8 has.
+        index = np.maximum(site.groups, 0).astype(np.int64)
+        floor = (site.groups < 0).astype(np.float32).reshape(1, -1)
         shape = np.array((-1,) + index.shape[1:], np.int64)
         graph.initializer.append(numpy_helper.from_array(index.reshape(-1), f"{prefix}/index"))
+        graph.initializer.append(numpy_helper.from_array(floor, f"{prefix}/floor"))
         graph.initializer.append(numpy_helper.from_array(shape, f"{prefix}/shape"))
-        new_nodes.append(helper.make_node("Gather", [padded, f"{prefix}/index"], [f"{prefix}/flat"], axis=1,
+        new_nodes.append(helper.make_node("Gather", [MASK_INPUT, f"{prefix}/index"], [f"{prefix}/flat"], axis=1,
                                           name=f"{prefix}/Gather"))
-        new_nodes.append(helper.make_node("Reshape", [f"{prefix}/flat", f"{prefix}/shape"], [f"{prefix}/mask"],
+        if floor.any():
+            new_nodes.append(helper.make_node("Max", [f"{prefix}/flat", f"{prefix}/floor"], [f"{prefix}/lifted"],
+                                              name=f"{prefix}/Max"))
+        new_nodes.append(helper.make_node("Reshape", [f"{prefix}/lifted" if floor.any() else f"{prefix}/flat",
+                                                      f"{prefix}/shape"], [f"{prefix}/mask"],
                                           name=f"{prefix}/Reshape"))
         mask = f"{prefix}/mask"
         elem = value_types.get(site.tensor, TensorProto.FLOAT)
@@ -141,6 +144,7 @@ class MaskedEvaluator:
         outputs = self.session.run(self.output_names if with_extras else [self.lm.output_name], feeds)
         self.seconds_in_runtime += time.perf_counter() - start
         self.runs += 1
+        outputs[0] = outputs[0].reshape(outputs[0].shape[0], -1)  # [N, K, 1, 1] class maps count as [N, K]
         return outputs if with_extras else outputs[0]
 
     def logits(self, x: np.ndarray, mask=None) -> np.ndarray:

@@ -170,7 +170,11 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     """Return a copy with constants as initializers and no initializer shared between node inputs."""
     model = copy.deepcopy(model)
     graph = model.graph
+    # IR < 4 needs every initializer listed as a graph input; IR 4 (opset 9 era) lifts that, so the
+    # initializers that later stages add need no extra bookkeeping.
+    model.ir_version = max(model.ir_version, 4)
     _constants_to_initializers(graph)
+    _fold_constant_nodes(model)
     _unshare_initializers(graph)
     _name_nodes(graph)
     return model
@@ -194,6 +198,51 @@ def _constants_to_initializers(graph: onnx.GraphProto) -> None:
         tensor = numpy_helper.from_array(np.asarray(value), node.output[0])
         graph.initializer.append(tensor)
         inits[tensor.name] = tensor
+    del graph.node[:]
+    graph.node.extend(keep)
+
+
+_NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+               "Bernoulli", "Dropout"}
+
+
+def _fold_constant_nodes(model: onnx.ModelProto) -> None:
+    """Replace nodes that compute only from initializers (Reshape or Unsqueeze of a weight) by their result.
+
+    Weights computed this way would otherwise look like data to the neuron map.
+    """
+    from onnx.reference import ReferenceEvaluator  # imported here: only models that need folding pay for it
+
+    graph = model.graph
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    values = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        inputs = [name for name in node.input if name]
+        foldable = (inputs and all(name in values for name in inputs) and node.domain in ("", "ai.onnx")
+                    and node.op_type not in _NOT_FOLDED
+                    and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                                for a in node.attribute))
+        results = None
+        if foldable:
+            try:
+                feeds = {name: numpy_helper.to_array(values[name]) for name in inputs}
+                single = onnx.helper.make_model(
+                    onnx.helper.make_graph([node], "fold", [onnx.helper.make_tensor_value_info(n, values[n].data_type,
+                                                                                               None)
+                                                            for n in dict.fromkeys(inputs)],
+                                           [onnx.ValueInfoProto(name=o) for o in node.output if o]),
+                    opset_imports=[onnx.helper.make_opsetid("", opset)])
+                results = ReferenceEvaluator(single).run(None, feeds)
+            except Exception:  # noqa: BLE001 - a node the reference evaluator cannot run stays a node
+                results = None
+        if results is None:
+            keep.append(node)
+            continue
+        for name, value in zip([o for o in node.output if o], results):
+            tensor = numpy_helper.from_array(np.asarray(value), name)
+            graph.initializer.append(tensor)
+            values[name] = tensor
     del graph.node[:]
     graph.node.extend(keep)
 
@@ -304,7 +353,7 @@ def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedMo
             small[name] = numpy_helper.to_array(tensor)
 
     out_shape = shapes[output_name]
-    if len(out_shape) != 2 or out_shape[1] < 2:
+    if len(out_shape) < 2 or out_shape[1] < 2 or any(d != 1 for d in out_shape[2:]):
         raise UnsupportedModelError(f"{where}: output '{output_name}' has shape {list(out_shape)} at batch size 1; "
                                     "expected class scores of shape [N, classes]")
     producer = {o: n for n in graph.node for o in n.output}

@@ -1,0 +1,292 @@
+"""`onnx-onp VERB model.onnx [options]`: a thin click front end over the onnx_onp library.
+
+Every user error becomes one line on stderr (``error: ...``) and a documented exit code; a traceback only
+with --debug. Human output by default, ``--json`` for machines.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from onnx_onp.errors import EXIT_CODES, MaskError, OnpError
+
+EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in sorted(EXIT_CODES.items()))
+
+
+class _Cli(click.Group):
+    """Turns every failure into one line and an exit code."""
+
+    def invoke(self, ctx):
+        debug = "--debug" in sys.argv
+        try:
+            return super().invoke(ctx)
+        except OnpError as exc:
+            if debug:
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
+            if debug:
+                raise
+            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Cli, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="onnx-onp")
+def main(debug):
+    """Find and remove backdoor neurons in ONNX image classifiers."""
+
+
+def _emit(as_json: bool, payload: dict, human) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=_json_default))
+    else:
+        human(payload)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(type(value).__name__)
+
+
+def _load(model_path):
+    from onnx_onp.load import load_model
+    from onnx_onp.neuron_map import build_neuron_map
+
+    lm = load_model(model_path)
+    return lm, build_neuron_map(lm)
+
+
+def _preprocess(lm, preprocess_path, spec):
+    from onnx_onp.data import Preprocess
+    from onnx_onp.metrics import default_preprocess
+
+    if preprocess_path:
+        return Preprocess.load(preprocess_path)
+    if spec is not None:
+        return spec.preprocess
+    return default_preprocess(lm)
+
+
+def _dataset(path, limit, seed):
+    from onnx_onp.data import load_dataset
+
+    return load_dataset(path, limit=limit, seed=seed)
+
+
+data_options = [
+    click.option("--preprocess", "preprocess_path", type=click.Path(dir_okay=False),
+                 help="JSON with scale, mean, std, layout, resize (default: scale 1/255, layout from the model)."),
+    click.option("--spec", "spec_path", type=click.Path(dir_okay=False),
+                 help="Case JSON (preprocess, trigger, target), as in shared/real_models/*.json."),
+    click.option("--limit", type=int, default=None, help="Use a seeded random subset of this many images."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed for --limit."),
+    click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 help="onnxruntime provider; the one that really ran is reported."),
+    click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+]
+
+
+def _with(options):
+    def decorate(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--groups", "show_groups", is_flag=True, help="List every group of more than one neuron.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def inspect(model, show_groups, as_json):
+    """Layers, neurons, groups, and what cannot be pruned and why."""
+    lm, nmap = _load(model)
+    summary = nmap.summary()
+    payload = {"model": lm.describe(), **summary,
+               "groups_detail": [{"group": g.index, "prunable": g.prunable, "size": len(g.neurons),
+                                  "neurons": [nmap.label(n) for n in g.neurons], "reasons": list(g.reasons)}
+                                 for g in nmap.groups if len(g.neurons) > 1]}
+
+    def human(p):
+        m = p["model"]
+        click.echo(f"{m['path']}  (opset {m['opset']}, producer {m['producer'] or '?'}, {m['nodes']} nodes)")
+        click.echo(f"input {m['input']['name']} {m['input']['shape']}  ->  {m['output']['classes']} classes")
+        click.echo(f"{p['neurons']} neurons in {len(p['layers'])} layers; {p['groups']} groups, "
+                   f"{p['prunable_groups']} prunable ({p['prunable_neurons']} neurons); "
+                   f"{p['multi_neuron_groups']} groups tie several neurons (largest: {p['largest_group']})")
+        click.echo("")
+        width = max((len(layer["name"]) for layer in p["layers"]), default=10)
+        click.echo(f"  {'#':>3}  {'layer':<{width}}  {'op':<13} {'neurons':>7} {'prunable':>8} {'tied':>5}")
+        for layer in p["layers"]:
+            click.echo(f"  {layer['index']:>3}  {layer['name']:<{width}}  {layer['op']:<13} {layer['neurons']:>7} "
+                       f"{layer['prunable']:>8} {layer['shared_groups']:>5}")
+        if p["unprunable_reasons"]:
+            click.echo("\nunprunable neurons, by reason:")
+            for reason, count in p["unprunable_reasons"].items():
+                click.echo(f"  {count:>6}  {reason}")
+        if show_groups and p["groups_detail"]:
+            click.echo("\ngroups of several neurons:")
+            for g in p["groups_detail"]:
+                flag = "" if g["prunable"] else "  (unprunable)"
+                click.echo(f"  group {g['group']}: {', '.join(g['neurons'])}{flag}")
+
+    _emit(as_json, payload, human)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(), help="Clean labelled data: .npz or image folder.")
+@click.option("--poisoned-data", type=click.Path(), help="Already-triggered images (true labels) for ASR.")
+@click.option("--target", type=int, help="The attack's target label (with --poisoned-data).")
+@_with(data_options)
+def evaluate(model, data_path, poisoned_data, target, preprocess_path, spec_path, limit, seed, provider, as_json):
+    """Clean accuracy, and attack success rate when a trigger spec or poisoned set is given."""
+    from onnx_onp.data import Spec
+    from onnx_onp.errors import DataError
+    from onnx_onp.instrument import MaskedEvaluator
+    from onnx_onp.metrics import attack_scores, clean_accuracy, prepare, prepare_triggered
+
+    if poisoned_data and target is None:
+        raise DataError("--poisoned-data needs --target")
+    start = time.perf_counter()
+    lm, nmap = _load(model)
+    spec = Spec.load(spec_path) if spec_path else None
+    pre = _preprocess(lm, preprocess_path, spec)
+    dataset = _dataset(data_path, limit, seed)
+    clean = prepare(lm, dataset, pre, what=str(data_path))
+    evaluator = MaskedEvaluator(lm, nmap, provider=provider)
+    payload = {"model": str(model), "data": str(data_path), "samples": len(clean),
+               "clean_accuracy": clean_accuracy(evaluator, clean), "provider": evaluator.provider}
+    attack = None
+    if poisoned_data:
+        triggered = prepare(lm, _dataset(poisoned_data, limit, seed), pre, what=str(poisoned_data))
+        attack = attack_scores(evaluator, triggered, target)
+        payload["target"] = target
+    elif spec is not None and spec.trigger is not None and spec.target is not None:
+        attack = attack_scores(evaluator, prepare_triggered(lm, dataset, spec, pre), spec.target)
+        payload["target"] = spec.target
+    if attack is not None:
+        payload.update(attack_success_rate=attack.asr, robust_accuracy=attack.ra, attack_samples=attack.samples)
+    payload["seconds"] = round(time.perf_counter() - start, 3)
+
+    def human(p):
+        click.echo(f"clean accuracy        {100 * p['clean_accuracy']:6.2f}%  ({p['samples']} images)")
+        if "attack_success_rate" in p:
+            click.echo(f"attack success rate   {100 * p['attack_success_rate']:6.2f}%  "
+                       f"({p['attack_samples']} triggered non-target images, target {p['target']})")
+            click.echo(f"robust accuracy       {100 * p['robust_accuracy']:6.2f}%")
+        click.echo(f"provider {p['provider']}, {p['seconds']:.1f} s")
+
+    _emit(as_json, payload, human)
+
+
+def parse_neurons(text: str) -> list[tuple[str, int]]:
+    """'LAYER:U1,U2;LAYER2:U3' (LAYER a name or #index) -> [(layer, unit)]."""
+    pairs = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        layer, sep, units = part.rpartition(":")
+        if not sep or not layer:
+            raise MaskError(f"--neurons: '{part}' is not LAYER:UNITS (e.g. '#2:0,5' or '/fc1/Gemm:3')")
+        for unit in filter(None, (u.strip() for u in units.split(","))):
+            if not unit.isdigit():
+                raise MaskError(f"--neurons: '{unit}' in '{part}' is not a unit number")
+            pairs.append((layer, int(unit)))
+    if not pairs:
+        raise MaskError("--neurons: no neurons given")
+    return pairs
+
+
+def read_mask_file(path: str, nmap) -> np.ndarray:
+    """A mask file: JSON {"pruned": {layer: [units]}} or {"groups": [indices]}, or a .npy boolean group mask."""
+    file = Path(path)
+    if not file.is_file():
+        raise MaskError(f"{path}: no such mask file")
+    if file.suffix == ".npy":
+        try:
+            return nmap.check_mask(np.load(file, allow_pickle=False))
+        except ValueError as exc:
+            raise MaskError(f"{path}: not a readable .npy mask ({exc})") from None
+    try:
+        content = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MaskError(f"{path}: not valid JSON ({exc})") from None
+    if isinstance(content, dict) and isinstance(content.get("pruned"), dict):
+        return nmap.mask_from_neurons({k: list(v) for k, v in content["pruned"].items()})
+    if isinstance(content, dict) and isinstance(content.get("groups"), list):
+        mask = nmap.empty_mask()
+        for index in content["groups"]:
+            if not isinstance(index, int) or not 0 <= index < nmap.num_groups:
+                raise MaskError(f"{path}: group {index!r} out of range (0..{nmap.num_groups - 1})")
+            mask[index] = True
+        return nmap.check_mask(mask)
+    raise MaskError(f"{path}: expected {{\"pruned\": {{layer: [units]}}}} or {{\"groups\": [...]}}")
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--neurons", help="Neurons to prune: 'LAYER:U1,U2;LAYER2:U3' (LAYER: name or #index).")
+@click.option("--mask-file", type=click.Path(dir_okay=False), help="JSON {\"pruned\": {layer: [units]}} or .npy.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the model.")
+@click.option("--shrink", is_flag=True, help="Remove the pruned channels physically (smaller, faster model).")
+@click.option("--data", "data_path", type=click.Path(), help="Data to check the written model on (default: random).")
+@_with(data_options)
+def prune(model, neurons, mask_file, output, shrink, data_path, preprocess_path, spec_path, limit, seed, provider,
+          as_json):
+    """Apply a given mask and write the pruned model (checked against the masked evaluation)."""
+    from onnx_onp.data import Spec
+    from onnx_onp.export import export_pruned
+    from onnx_onp.metrics import prepare
+
+    if bool(neurons) == bool(mask_file):
+        raise click.UsageError("give exactly one of --neurons and --mask-file")
+    lm, nmap = _load(model)
+    mask = nmap.mask_from_neurons(parse_neurons(neurons)) if neurons else read_mask_file(mask_file, nmap)
+    check = None
+    if data_path:
+        spec = Spec.load(spec_path) if spec_path else None
+        check = prepare(lm, _dataset(data_path, limit or 256, seed), _preprocess(lm, preprocess_path, spec),
+                        what=str(data_path)).x
+    written = export_pruned(lm, nmap, mask, output, shrink=shrink, check_inputs=check, provider=provider)
+    payload = {"model": str(model), "output": str(written.path), "shrunk": written.shrunk,
+               "pruned_groups": int(mask.sum()),
+               "pruned_neurons": sum(len(v) for v in written.pruned_neurons.values()),
+               "pruned": written.pruned_neurons, "max_abs_diff": written.max_abs_diff,
+               "check_samples": written.check_samples, "check_data": str(data_path) if data_path else "random",
+               "bytes_before": written.bytes_before, "bytes_after": written.bytes_after,
+               "provider": written.provider}
+
+    def human(p):
+        click.echo(f"pruned {p['pruned_neurons']} neurons in {p['pruned_groups']} groups -> {p['output']}"
+                   f" ({'shrunk' if p['shrunk'] else 'zeroed'}, {p['bytes_before']:,} -> {p['bytes_after']:,} bytes)")
+        for layer, units in p["pruned"].items():
+            click.echo(f"  {layer}: {', '.join(map(str, units))}")
+        click.echo(f"checked on {p['check_samples']} {p['check_data']} inputs: max |difference| to the masked "
+                   f"evaluation {p['max_abs_diff']:.2e} ({p['provider']})")
+
+    _emit(as_json, payload, human)
+
+
+if __name__ == "__main__":
+    main()
