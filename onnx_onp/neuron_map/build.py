@@ -441,10 +441,10 @@ class _Builder:
             if op in ("Max", "Min") and np.any(value != 0):
                 self._block_inputs(node, f"{op} '{node.name}' with a non-zero constant does not keep zeros")
                 return
-            if op in ("Add", "Sub", "Sum", "Mean") and np.any(value != 0):
-                if not self._per_channel_constant(node, name, compact_ids(merged), zero=True):
-                    self._block_inputs(node, f"{op} '{node.name}' adds a constant that is not per channel")
-                    return
+            # Even an all-zero bias gets a site: shrinking must cut it with its channels.
+            if not self._per_channel_constant(node, name, compact_ids(merged), zero=True):
+                self._block_inputs(node, f"{op} '{node.name}' adds a constant that is not per channel")
+                return
         zero_ok = all(self.tracks[n].zero_ok for n in tracked)
         why = next((self.tracks[n].why_nonzero for n in tracked if not self.tracks[n].zero_ok), "")
         self._set(out, merged, zero_ok, why)

@@ -1,0 +1,36 @@
+"""Shared test helpers: paths to the shared data and real models, read in place (never copied)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data"
+REAL_MODELS = SHARED / "real_models"
+FIXTURES = REPO / "fixtures"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is not available on this machine")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _cifar_test():
+    with np.load(need(DATA / "cifar10_test.npz")) as data:
+        return data["x"][:2000].copy(), data["y"][:2000].astype(np.int64)
+
+
+def cifar_images(n: int) -> np.ndarray:
+    """The first n CIFAR-10 test images, uint8 N×32×32×3."""
+    return _cifar_test()[0][:n]
+
+
+def cifar_labels(n: int) -> np.ndarray:
+    return _cifar_test()[1][:n]
