@@ -166,7 +166,7 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
     os.close(fd)
     data_name = f"{path.name}.data"
     try:
-        if model.ByteSize() > _EXTERNAL_DATA_THRESHOLD:
+        if sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD:
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name)
         else:
@@ -203,6 +203,7 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
         raise OutputError(f"{out_path}: not written: the {'shrunk' if shrink else 'zeroed'} model differs from "
                           f"the masked evaluation by {diff:.3g} (tolerance {tolerance:g})")
     write_model(model, out_path)
+    before = Path(lm.path).stat().st_size if lm.path is not None else lm.model.ByteSize()
     return WrittenModel(path=out_path, shrunk=shrink, max_abs_diff=diff, check_samples=len(check_inputs),
-                        bytes_before=lm.model.ByteSize(), bytes_after=model.ByteSize(), provider=used,
+                        bytes_before=before, bytes_after=out_path.stat().st_size, provider=used,
                         pruned_neurons=nmap.pruned_neurons(pruned))

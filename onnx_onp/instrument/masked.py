@@ -27,7 +27,6 @@ def instrument(lm: LoadedModel, nmap: NeuronMap, extra_outputs: list[str] = ()) 
     """A copy of the model with the mask input wired into every mask site (and chosen tensors as outputs)."""
     model = copy.deepcopy(lm.model)
     graph = model.graph
-    value_types = _value_types(model)
     n_groups = nmap.num_groups
     graph.input.append(helper.make_tensor_value_info(MASK_INPUT, TensorProto.FLOAT, ["N", n_groups]))
     new_nodes = []
@@ -51,9 +50,10 @@ def instrument(lm: LoadedModel, nmap: NeuronMap, extra_outputs: list[str] = ()) 
                                                       f"{prefix}/shape"], [f"{prefix}/mask"],
                                           name=f"{prefix}/Reshape"))
         mask = f"{prefix}/mask"
-        elem = value_types.get(site.tensor, TensorProto.FLOAT)
-        if elem != TensorProto.FLOAT:
-            new_nodes.append(helper.make_node("Cast", [mask], [f"{prefix}/cast"], to=elem, name=f"{prefix}/Cast"))
+        dtype = lm.dtypes.get(site.tensor, np.dtype(np.float32))
+        if dtype != np.float32:
+            to = helper.np_dtype_to_tensor_dtype(dtype)
+            new_nodes.append(helper.make_node("Cast", [mask], [f"{prefix}/cast"], to=to, name=f"{prefix}/Cast"))
             mask = f"{prefix}/cast"
         masked = masked_name(nmap, site.tensor)
         new_nodes.append(helper.make_node("Mul", [site.tensor, mask], [masked], name=f"{prefix}/Mul"))
@@ -85,18 +85,6 @@ def instrument(lm: LoadedModel, nmap: NeuronMap, extra_outputs: list[str] = ()) 
 def masked_name(nmap: NeuronMap, tensor: str) -> str:
     """The name under which the instrumented model holds ``tensor`` after masking."""
     return f"{tensor}/onp_masked" if any(site.tensor == tensor for site in nmap.mask_sites) else tensor
-
-
-def _value_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is only a hint here
-        return {}
-    types = {}
-    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        if vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    return types
 
 
 @dataclass

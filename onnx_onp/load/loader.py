@@ -38,6 +38,7 @@ class LoadedModel:
     num_classes: int
     output_is_probability: bool  # the graph ends in Softmax: outputs are probabilities, not logits
     shapes: dict[str, tuple[int, ...]] = field(repr=False)  # every tensor's shape at batch size 1
+    dtypes: dict[str, np.dtype] = field(repr=False)  # every computed tensor's element type
     small_values: dict[str, np.ndarray] = field(repr=False)  # values of small integer tensors
     initializers: dict[str, onnx.TensorProto] = field(repr=False)
 
@@ -341,10 +342,12 @@ def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedMo
         raise UnsupportedModelError(f"{where}: onnxruntime cannot run the model: {_first_line(exc)}") from None
 
     shapes = {inp.name: tuple(shape)}
+    dtypes = {inp.name: np.dtype(dtype)}
     small = {}
     for name, value in zip(names, values):
         value = np.asarray(value)
         shapes[name] = tuple(value.shape)
+        dtypes[name] = value.dtype
         if value.dtype.kind in "iu" and value.size <= _SMALL_INT_TENSOR:
             small[name] = value
     for name, tensor in inits.items():
@@ -361,4 +364,4 @@ def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedMo
     is_prob = last is not None and last.op_type == "Softmax"
     return LoadedModel(model=model, path=path, sha256=sha256, input_name=inp.name, input_shape=declared,
                        input_dtype=np.dtype(dtype), output_name=output_name, num_classes=int(out_shape[1]),
-                       output_is_probability=is_prob, shapes=shapes, small_values=small, initializers=inits)
+                       output_is_probability=is_prob, shapes=shapes, dtypes=dtypes, small_values=small, initializers=inits)
