@@ -1,0 +1,124 @@
+"""Stage 6b: learn the pruning policy with REINFORCE, every reward from onnxruntime.
+
+Each step samples a batch of masks from the policy (independent Bernoulli per group), scores all of them in
+onnxruntime on the defense data (clean accuracy, and the share of trigger-stamped images still sent to the
+suspected target), and moves the policy towards the masks that beat the batch's mean reward (the batch mean
+is the baseline; advantages are standardised). Seeded: the same seed gives the same masks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..instrument import MaskedEvaluator
+from .policy import PruningPolicy
+
+
+@dataclass
+class RewardConfig:
+    max_ca_drop: float = 0.02  # the budget, as a fraction (0.02 = 2 points)
+    ca_weight: float = 2.0  # cost of each point of CA lost, inside the budget
+    over_budget_weight: float = 10.0  # extra cost per point beyond the budget
+    size_weight: float = 0.05  # cost of pruning every prunable group
+
+
+@dataclass
+class Outcome:
+    ca: float
+    asr: float  # share of stamped non-target images classified as the suspected target
+    pruned: int
+    reward: float
+
+
+class RewardEnv:
+    """Scores masks on the defense data with the masked evaluator."""
+
+    def __init__(self, evaluator: MaskedEvaluator, clean_x, clean_y, stamped_x, target: int,
+                 config: RewardConfig):
+        self.evaluator = evaluator
+        self.clean_x, self.clean_y = clean_x, clean_y
+        self.stamped_x = stamped_x
+        self.stamped_y = np.full(len(stamped_x), target, dtype=np.int64)
+        self.config = config
+        self.num_prunable = max(1, int(evaluator.nmap.prunable.sum()))
+        empty = evaluator.nmap.empty_mask()[None]
+        self.ca0 = evaluator.score_many(clean_x, clean_y, empty)[0].accuracy
+        self.asr0 = evaluator.score_many(stamped_x, self.stamped_y, empty)[0].accuracy
+        self.evaluations = 0
+
+    def reward(self, ca: float, asr: float, pruned: int) -> float:
+        c = self.config
+        drop = max(0.0, self.ca0 - ca)
+        return (-asr - c.ca_weight * drop - c.over_budget_weight * max(0.0, drop - c.max_ca_drop)
+                - c.size_weight * pruned / self.num_prunable)
+
+    def score(self, masks: np.ndarray) -> list[Outcome]:
+        clean = self.evaluator.score_many(self.clean_x, self.clean_y, masks)
+        stamped = self.evaluator.score_many(self.stamped_x, self.stamped_y, masks)
+        self.evaluations += len(masks)
+        outcomes = []
+        for mask, c, s in zip(masks, clean, stamped):
+            pruned = int(mask.sum())
+            outcomes.append(Outcome(ca=c.accuracy, asr=s.accuracy, pruned=pruned,
+                                    reward=self.reward(c.accuracy, s.accuracy, pruned)))
+        return outcomes
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 25
+    masks_per_step: int = 8
+    lr: float = 0.02
+    entropy_weight: float = 0.001
+    max_seconds: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # per step: mean/best reward, CA, ASR, pruned
+    tried: list[tuple[np.ndarray, Outcome]] = field(default_factory=list)  # every mask scored
+    probabilities: np.ndarray | None = None  # final policy, per group
+    seconds: float = 0.0
+
+
+def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConfig, progress=None) -> TrainResult:
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    result = TrainResult()
+    start = time.perf_counter()
+    for step in range(config.steps):
+        logits = policy(batch)
+        decide = torch.isfinite(logits)
+        probs = torch.sigmoid(logits[decide])
+        samples = torch.bernoulli(probs.detach().expand(config.masks_per_step, -1), generator=generator)
+        masks = np.zeros((config.masks_per_step, policy.num_groups), dtype=bool)
+        masks[:, decide.numpy()] = samples.numpy().astype(bool)
+        outcomes = env.score(masks)
+        rewards = torch.tensor([o.reward for o in outcomes], dtype=torch.float32)
+        advantage = (rewards - rewards.mean()) / (rewards.std() + 1e-6)
+        log_prob = (samples * torch.log(probs + 1e-8) + (1 - samples) * torch.log(1 - probs + 1e-8)).sum(dim=1)
+        entropy = -(probs * torch.log(probs + 1e-8) + (1 - probs) * torch.log(1 - probs + 1e-8)).sum()
+        loss = -(advantage * log_prob).mean() - config.entropy_weight * entropy
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        result.tried.extend(zip(masks, outcomes))
+        best = max(outcomes, key=lambda o: o.reward)
+        record = {"step": step, "mean_reward": float(rewards.mean()), "best_reward": best.reward,
+                  "ca": float(np.mean([o.ca for o in outcomes])), "asr": float(np.mean([o.asr for o in outcomes])),
+                  "pruned": float(np.mean([o.pruned for o in outcomes])), "seconds": time.perf_counter() - start}
+        result.history.append(record)
+        if progress is not None:
+            progress(record)
+        if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+            break
+    with torch.no_grad():
+        result.probabilities = torch.sigmoid(policy(batch)).numpy()
+    result.seconds = time.perf_counter() - start
+    return result

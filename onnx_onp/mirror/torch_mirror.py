@@ -1,0 +1,380 @@
+"""A differentiable torch mirror of the normalised ONNX graph, with the same mask sites.
+
+onnxruntime scores masks; some signals need gradients (trigger synthesis, first-order loss changes, neuron
+perturbation). The mirror interprets the graph node by node with torch functions, multiplies the neuron
+map's mask sites by a keep-vector exactly as the instrumented model does, and is tested to match
+onnxruntime. It covers the ops classifiers are made of; anything else raises UnsupportedModelError.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as F
+from onnx import numpy_helper
+
+from ..errors import UnsupportedModelError
+from ..load.loader import LoadedModel
+from ..neuron_map import NeuronMap
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _ints(value) -> list[int]:
+    return [int(v) for v in (value.tolist() if isinstance(value, torch.Tensor) else value)]
+
+
+def _pads_nd(pads: list[int]) -> list[int]:
+    """ONNX [x1_begin, x2_begin, ..., x1_end, x2_end, ...] -> F.pad's last-axis-first pairs."""
+    n = len(pads) // 2
+    out = []
+    for axis in reversed(range(n)):
+        out += [pads[axis], pads[axis + n]]
+    return out
+
+
+def _auto_pad(node_attrs, x, kernel, strides, dilations):
+    mode = node_attrs.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    spatial = x.shape[2:]
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        pads_begin, pads_end = [], []
+        for size, k, s, d in zip(spatial, kernel, strides, dilations):
+            out = -(-size // s)
+            total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+            small, big = total // 2, total - total // 2
+            pads_begin.append(small if mode == "SAME_UPPER" else big)
+            pads_end.append(big if mode == "SAME_UPPER" else small)
+        return pads_begin + pads_end
+    if mode == "VALID":
+        return [0] * (2 * len(spatial))
+    return list(node_attrs.get("pads", [0] * (2 * len(spatial))))
+
+
+class TorchMirror(torch.nn.Module):
+    """forward(x, keep=None) -> model output; keep: [groups] or [N, groups] keep-values (1 keeps, 0 prunes)."""
+
+    def __init__(self, lm: LoadedModel, nmap: NeuronMap | None = None):
+        super().__init__()
+        self.lm = lm
+        self.graph = lm.model.graph
+        self.params = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in self.graph.initializer}
+        self.sites = {}
+        if nmap is not None:
+            for site in nmap.mask_sites:
+                self.sites[site.tensor] = torch.from_numpy(site.groups.astype(np.int64))
+        self.num_groups = nmap.num_groups if nmap is not None else 0
+        for node in self.graph.node:
+            if not hasattr(self, f"_op_{node.op_type}"):
+                raise UnsupportedModelError(f"the torch mirror does not support {node.op_type} ('{node.name}')")
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, *, capture: tuple[str, ...] = ()):
+        values: dict[str, torch.Tensor] = dict(self.params)
+        values[self.lm.input_name] = x
+        captured = {}
+        for node in self.graph.node:
+            inputs = [values[name] if name else None for name in node.input]
+            outputs = getattr(self, f"_op_{node.op_type}")(node, _attrs(node), *inputs)
+            if not isinstance(outputs, (tuple, list)):
+                outputs = (outputs,)
+            for name, value in zip(node.output, outputs):
+                if not name:
+                    continue
+                if keep is not None and name in self.sites:
+                    value = value * self._site_mask(name, keep, value)
+                values[name] = value
+                if name in capture:
+                    captured[name] = value
+        out = values[self.lm.output_name]
+        out = out.reshape(out.shape[0], -1)
+        return (out, captured) if capture else out
+
+    def _site_mask(self, name, keep, value):
+        groups = self.sites[name]
+        flat = groups.reshape(-1)
+        ones = torch.ones((), dtype=keep.dtype)
+        if keep.dim() == 1:
+            gathered = torch.where(flat >= 0, keep[flat.clamp(min=0)], ones)
+            return gathered.reshape(groups.shape).to(value.dtype)
+        gathered = torch.where(flat >= 0, keep[:, flat.clamp(min=0)], ones)
+        return gathered.reshape((keep.shape[0],) + tuple(groups.shape[1:])).to(value.dtype)
+
+    # -- ops -------------------------------------------------------------------------------------------------
+
+    def _op_Conv(self, node, a, x, w, b=None):
+        group = a.get("group", 1)
+        kernel = list(w.shape[2:])
+        strides = a.get("strides", [1] * len(kernel))
+        dilations = a.get("dilations", [1] * len(kernel))
+        pads = _auto_pad(a, x, kernel, strides, dilations)
+        n = len(kernel)
+        if pads[:n] != pads[n:]:
+            x = F.pad(x, _pads_nd(pads))
+            pads = [0] * (2 * n)
+        conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[n]
+        return conv(x, w, b, stride=strides, padding=pads[:n], dilation=dilations, groups=group)
+
+    def _op_ConvTranspose(self, node, a, x, w, b=None):
+        kernel = list(w.shape[2:])
+        n = len(kernel)
+        pads = a.get("pads", [0] * (2 * n))
+        if pads[:n] != pads[n:] or "output_shape" in a:
+            raise UnsupportedModelError(f"the torch mirror does not support asymmetric ConvTranspose ('{node.name}')")
+        conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
+        return conv(x, w, b, stride=a.get("strides", [1] * n), padding=pads[:n],
+                    output_padding=a.get("output_padding", [0] * n), groups=a.get("group", 1),
+                    dilation=a.get("dilations", [1] * n))
+
+    def _op_Gemm(self, node, a, x, w, c=None):
+        x = x.t() if a.get("transA", 0) else x
+        w = w.t() if a.get("transB", 0) else w
+        y = a.get("alpha", 1.0) * (x @ w)
+        return y if c is None else y + a.get("beta", 1.0) * c
+
+    def _op_MatMul(self, node, a, x, w):
+        return torch.matmul(x, w)
+
+    def _op_BatchNormalization(self, node, a, x, scale, bias, mean, var):
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        inv = scale / torch.sqrt(var + a.get("epsilon", 1e-5))
+        return (x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+
+    def _op_InstanceNormalization(self, node, a, x, scale, bias):
+        return F.instance_norm(x, weight=scale, bias=bias, eps=a.get("epsilon", 1e-5))
+
+    def _op_Relu(self, node, a, x):
+        return F.relu(x)
+
+    def _op_LeakyRelu(self, node, a, x):
+        return F.leaky_relu(x, a.get("alpha", 0.01))
+
+    def _op_PRelu(self, node, a, x, slope):
+        return torch.where(x >= 0, x, x * slope)
+
+    def _op_Clip(self, node, a, x, low=None, high=None):
+        low = a.get("min") if low is None else low
+        high = a.get("max") if high is None else high
+        return torch.clamp(x, min=low, max=high)
+
+    def _op_Sigmoid(self, node, a, x):
+        return torch.sigmoid(x)
+
+    def _op_HardSigmoid(self, node, a, x):
+        return torch.clamp(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1)
+
+    def _op_HardSwish(self, node, a, x):
+        return F.hardswish(x)
+
+    def _op_Tanh(self, node, a, x):
+        return torch.tanh(x)
+
+    def _op_Elu(self, node, a, x):
+        return F.elu(x, a.get("alpha", 1.0))
+
+    def _op_Selu(self, node, a, x):
+        return F.selu(x)
+
+    def _op_Gelu(self, node, a, x):
+        approximate = a.get("approximate", b"none")
+        return F.gelu(x, approximate=approximate.decode() if isinstance(approximate, bytes) else approximate)
+
+    def _op_Erf(self, node, a, x):
+        return torch.erf(x)
+
+    def _op_Sqrt(self, node, a, x):
+        return torch.sqrt(x)
+
+    def _op_Exp(self, node, a, x):
+        return torch.exp(x)
+
+    def _op_Log(self, node, a, x):
+        return torch.log(x)
+
+    def _op_Neg(self, node, a, x):
+        return -x
+
+    def _op_Abs(self, node, a, x):
+        return torch.abs(x)
+
+    def _op_Pow(self, node, a, x, y):
+        return torch.pow(x, y)
+
+    def _op_Softplus(self, node, a, x):
+        return F.softplus(x)
+
+    def _op_Softmax(self, node, a, x):
+        return torch.softmax(x, dim=a.get("axis", -1))
+
+    def _op_LogSoftmax(self, node, a, x):
+        return torch.log_softmax(x, dim=a.get("axis", -1))
+
+    def _op_Identity(self, node, a, x):
+        return x
+
+    def _op_Dropout(self, node, a, x, *rest):
+        return x
+
+    def _op_Cast(self, node, a, x):
+        return x.to(getattr(torch, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(a["to"])).name))
+
+    def _op_Add(self, node, a, x, y):
+        return x + y
+
+    def _op_Sub(self, node, a, x, y):
+        return x - y
+
+    def _op_Mul(self, node, a, x, y):
+        return x * y
+
+    def _op_Div(self, node, a, x, y):
+        if not x.is_floating_point() and not y.is_floating_point():
+            return torch.div(x, y, rounding_mode="trunc")
+        return x / y
+
+    def _op_Sum(self, node, a, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+    def _op_Mean(self, node, a, *xs):
+        return self._op_Sum(node, a, *xs) / len(xs)
+
+    def _op_Max(self, node, a, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = torch.maximum(out, x)
+        return out
+
+    def _op_Min(self, node, a, *xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = torch.minimum(out, x)
+        return out
+
+    def _pool_args(self, a, x):
+        kernel = list(a["kernel_shape"])
+        strides = a.get("strides", [1] * len(kernel))
+        pads = _auto_pad(a, x, kernel, strides, a.get("dilations", [1] * len(kernel)))
+        return kernel, strides, pads
+
+    def _op_MaxPool(self, node, a, x):
+        kernel, strides, pads = self._pool_args(a, x)
+        n = len(kernel)
+        if pads[:n] != pads[n:]:
+            x = F.pad(x, _pads_nd(pads), value=float("-inf"))
+            pads = [0] * (2 * n)
+        pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+        return pool(x, kernel, strides, pads[:n], dilation=a.get("dilations", [1] * n),
+                    ceil_mode=bool(a.get("ceil_mode", 0)))
+
+    def _op_AveragePool(self, node, a, x):
+        kernel, strides, pads = self._pool_args(a, x)
+        n = len(kernel)
+        include = bool(a.get("count_include_pad", 0))
+        if pads[:n] != pads[n:]:
+            if not include:
+                raise UnsupportedModelError(f"the torch mirror does not support this AveragePool ('{node.name}')")
+            x = F.pad(x, _pads_nd(pads))
+            pads = [0] * (2 * n)
+        pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
+        return pool(x, kernel, strides, pads[:n], ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=include)
+
+    def _op_GlobalAveragePool(self, node, a, x):
+        return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+    def _op_GlobalMaxPool(self, node, a, x):
+        return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
+
+    def _op_Pad(self, node, a, x, pads=None, value=None, axes=None):
+        pads = _ints(pads) if pads is not None else list(a["pads"])
+        mode = a.get("mode", b"constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if axes is not None:
+            full = [0] * (2 * x.dim())
+            axes = [int(v) % x.dim() for v in _ints(axes)]
+            for i, axis in enumerate(axes):
+                full[axis], full[axis + x.dim()] = pads[i], pads[i + len(axes)]
+            pads = full
+        fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else a.get("value", 0.0)
+        torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode]
+        return F.pad(x, _pads_nd(pads), mode=torch_mode, value=fill if mode == "constant" else None)
+
+    def _op_Flatten(self, node, a, x):
+        axis = a.get("axis", 1) % max(x.dim(), 1)
+        return x.reshape(int(np.prod(x.shape[:axis])) if axis else 1, -1)
+
+    def _op_Reshape(self, node, a, x, shape):
+        target = _ints(shape)
+        if not a.get("allowzero", 0):
+            target = [x.shape[i] if t == 0 else t for i, t in enumerate(target)]
+        return x.reshape(target)
+
+    def _op_Transpose(self, node, a, x):
+        return x.permute(a.get("perm", list(reversed(range(x.dim())))))
+
+    def _op_Concat(self, node, a, *xs):
+        return torch.cat(xs, dim=a["axis"])
+
+    def _op_Squeeze(self, node, a, x, axes=None):
+        axes = _ints(axes) if axes is not None else a.get("axes")
+        if axes is None:
+            return x.squeeze()
+        for axis in sorted((int(v) % x.dim() for v in axes), reverse=True):
+            x = x.squeeze(axis)
+        return x
+
+    def _op_Unsqueeze(self, node, a, x, axes=None):
+        axes = _ints(axes) if axes is not None else a["axes"]
+        rank = x.dim() + len(axes)
+        for axis in sorted(int(v) % rank for v in axes):
+            x = x.unsqueeze(axis)
+        return x
+
+    def _op_Shape(self, node, a, x):
+        shape = torch.tensor(x.shape, dtype=torch.int64)
+        return shape[a.get("start", 0):a.get("end", None)]
+
+    def _op_Gather(self, node, a, x, index):
+        axis = a.get("axis", 0) % x.dim()
+        index = index.long() % x.shape[axis]
+        return torch.index_select(x, axis, index.reshape(-1)).reshape(
+            x.shape[:axis] + index.shape + x.shape[axis + 1:])
+
+    def _op_Slice(self, node, a, x, starts=None, ends=None, axes=None, steps=None):
+        starts = _ints(starts) if starts is not None else a["starts"]
+        ends = _ints(ends) if ends is not None else a["ends"]
+        axes = _ints(axes) if axes is not None else a.get("axes", list(range(len(starts))))
+        steps = _ints(steps) if steps is not None else [1] * len(starts)
+        index = [slice(None)] * x.dim()
+        for axis, start, end, step in zip(axes, starts, ends, steps):
+            if step < 0:
+                raise UnsupportedModelError(f"the torch mirror does not support negative Slice steps ('{node.name}')")
+            axis %= x.dim()
+            index[axis] = slice(*slice(start, end, step).indices(x.shape[axis]))
+        return x[tuple(index)]
+
+    def _op_Split(self, node, a, x, split=None):
+        axis = a.get("axis", 0) % x.dim()
+        sizes = _ints(split) if split is not None else a.get("split")
+        if sizes is None:
+            parts = len(node.output)
+            sizes = [x.shape[axis] // parts] * parts
+        return torch.split(x, list(sizes), dim=axis)
+
+    def _reduce(self, a, x, axes, fn):
+        axes = _ints(axes) if axes is not None else a.get("axes")
+        dims = tuple(range(x.dim())) if axes is None else tuple(int(v) % x.dim() for v in axes)
+        return fn(x, dim=dims, keepdim=bool(a.get("keepdims", 1)))
+
+    def _op_ReduceMean(self, node, a, x, axes=None):
+        return self._reduce(a, x, axes, torch.mean)
+
+    def _op_ReduceSum(self, node, a, x, axes=None):
+        return self._reduce(a, x, axes, torch.sum)
+
+    def _op_ReduceMax(self, node, a, x, axes=None):
+        return self._reduce(a, x, axes, torch.amax)

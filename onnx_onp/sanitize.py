@@ -1,0 +1,169 @@
+"""The whole ONP pipeline: load, map, synthesize the backdoor signal, build graphs, train the agent, decide,
+write. ``sanitize()`` is what `onnx-onp sanitize` runs; every step is a stage subpackage.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .agent.policy import PruningPolicy
+from .agent.reinforce import RewardConfig, RewardEnv, TrainConfig, train_policy
+from .data import Dataset, Preprocess
+from .decide.choose import choose_mask
+from .export import export_pruned
+from .graphs import GraphConfig, batch_graphs, build_graphs
+from .instrument import MaskedEvaluator
+from .load import load_model
+from .metrics import Prepared, prepare
+from .mirror import TorchMirror
+from .neuron_map import build_neuron_map
+from .signals.features import compute_signals
+from .signals.synthesis import SynthesisConfig, spatial_axes, synthesize
+
+
+@dataclass
+class SanitizeConfig:
+    max_ca_drop: float = 0.02
+    holdout: float = 0.3  # share of the defense data kept out of training to check clean accuracy
+    anomaly_threshold: float = 2.0  # below it: no backdoor evidence, nothing is pruned (unless force)
+    force: bool = False
+    gnn: str = "graphconv"
+    prior: dict = field(default_factory=lambda: {"act_shift": 1.0, "blc": 1.0})  # policy warm start
+    seed: int = 0
+    provider: str = "auto"
+    shrink: bool = False
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+
+
+@dataclass
+class SanitizeResult:
+    mask: np.ndarray
+    report: dict
+    nmap: object = None
+    evaluator: object = None
+
+
+class _Timer:
+    def __init__(self):
+        self.phases: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self._start, 3)
+        self._start = now
+
+
+def _split(data: Prepared, holdout: float, seed: int) -> tuple[Prepared, Prepared]:
+    order = np.random.default_rng(seed).permutation(len(data))
+    cut = max(1, int(round(len(data) * (1 - holdout))))
+    return (Prepared(data.x[order[:cut]], data.y[order[:cut]]), Prepared(data.x[order[cut:]], data.y[order[cut:]]))
+
+
+def sanitize(model_path, dataset: Dataset, preprocess: Preprocess, output=None, *,
+             config: SanitizeConfig = SanitizeConfig(), audit=None, progress=None) -> SanitizeResult:
+    """Find and prune backdoor neurons. ``audit(evaluator, mask)`` may add ASR numbers to the report after the
+    decision is made (it never influences it). ``progress(stage, info)`` is called as stages advance."""
+    say = progress or (lambda stage, info=None: None)
+    timer = _Timer()
+    torch.manual_seed(config.seed)
+    lm = load_model(model_path)
+    nmap = build_neuron_map(lm)
+    defense = prepare(lm, dataset, preprocess, what="defense data")
+    train, holdout = _split(defense, config.holdout, config.seed)
+    evaluator = MaskedEvaluator(lm, nmap, provider=config.provider)
+    mirror = TorchMirror(lm, nmap)
+    timer.lap("load_and_map")
+    say("loaded", {"groups": nmap.num_groups, "prunable": int(nmap.prunable.sum()), "provider": evaluator.provider})
+
+    synthesis = synthesize(mirror, train.x, train.y, lm.num_classes, preprocess.layout, config.synthesis,
+                           progress=lambda c: say("synthesis", {"class": c}))
+    timer.lap("trigger_synthesis")
+    target = synthesis.suspect
+    suspected = synthesis.anomaly_index >= config.anomaly_threshold
+    say("suspect", {"target": target, "anomaly_index": synthesis.anomaly_index})
+    axes = spatial_axes(preprocess.layout)
+    trigger = synthesis.best
+
+    def stamped(part: Prepared) -> np.ndarray:
+        return trigger.apply(part.x[part.y != target], axes)
+
+    report = {
+        "tool": {"name": "onnx-onp", "version": __version__},
+        "model": lm.describe(), "provider": evaluator.provider, "seed": config.seed,
+        "config": _config_dict(config),
+        "defense_data": {"samples": len(defense), "train": len(train), "holdout": len(holdout)},
+        "neuron_map": {k: v for k, v in nmap.summary().items() if k != "layers"},
+        "trigger_synthesis": {"suspected_target": target, "anomaly_index": round(synthesis.anomaly_index, 3),
+                              "mask_l1_per_class": [round(n, 2) for n in synthesis.norms],
+                              "seconds": round(synthesis.seconds, 2)},
+        "backdoor_suspected": bool(suspected),
+    }
+    mask = nmap.empty_mask()
+    train_result = None
+    decision = None
+    train_env = RewardEnv(evaluator, train.x, train.y, stamped(train), target, config.reward)
+    hold_env = RewardEnv(evaluator, holdout.x, holdout.y, stamped(holdout), target, config.reward)
+    if suspected or config.force:
+        signals = compute_signals(lm, nmap, mirror, train.x, train.y, stamped(train), target)
+        timer.lap("signals")
+        graphs = build_graphs(lm, nmap, signals, config.graph)
+        batch = batch_graphs(graphs)
+        timer.lap("graphs")
+        prior = {signals.names.index(name): weight for name, weight in config.prior.items()}
+        policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, kind=config.gnn, prior=prior)
+        train_cfg = TrainConfig(**{**asdict(config.train), "seed": config.seed})
+        train_result = train_policy(policy, batch, train_env, train_cfg, progress=lambda r: say("train", r))
+        timer.lap("agent_training")
+        decision = choose_mask(train_env, hold_env, train_result.tried, train_result.probabilities, nmap.prunable,
+                               max_ca_drop=config.max_ca_drop)
+        mask = decision.mask
+        timer.lap("decision")
+        report["signals"] = {"names": list(signals.names), "graphs": len(graphs),
+                             "nodes": int(batch.num_nodes), "edges": int(batch.edge_index.shape[1])}
+        report["pruned_signals"] = {nmap.label(nmap.groups[g].neurons[0]): signals.for_group(int(g))
+                                    for g in np.flatnonzero(mask)}
+    after_hold = hold_env.score(mask[None])[0]
+    report["clean_accuracy_holdout"] = {"before": hold_env.ca0, "after": after_hold.ca,
+                                        "drop": round(hold_env.ca0 - after_hold.ca, 4)}
+    report["synthesized_trigger_asr_holdout"] = {"before": hold_env.asr0, "after": after_hold.asr}
+    report["within_budget"] = bool(hold_env.ca0 - after_hold.ca <= config.max_ca_drop + 1e-9)
+    report["status"] = ("no backdoor evidence: nothing pruned" if not (suspected or config.force) else
+                        "sanitized" if mask.any() else "cannot sanitize within the clean-accuracy budget")
+    report["pruned"] = {"groups": int(mask.sum()), "neurons": int(sum(len(nmap.groups[g].neurons)
+                                                                      for g in np.flatnonzero(mask))),
+                        "per_layer": nmap.pruned_neurons(mask)}
+    if train_result is not None:
+        report["reward_curve"] = train_result.history
+        report["evaluations"] = train_env.evaluations + hold_env.evaluations
+        report["decision"] = {"candidates_checked": decision.candidates_checked,
+                              "within_budget": decision.within_budget}
+    if output is not None:
+        written = export_pruned(lm, nmap, mask, output, shrink=config.shrink, check_inputs=defense.x[:256],
+                                evaluator=evaluator)
+        report["output"] = {"path": str(written.path), "shrunk": written.shrunk,
+                            "max_abs_diff": written.max_abs_diff, "bytes_before": written.bytes_before,
+                            "bytes_after": written.bytes_after}
+        timer.lap("export")
+    if audit is not None:
+        report["audit"] = audit(evaluator, mask)
+        timer.lap("audit")
+    total = sum(timer.phases.values())
+    report["seconds"] = {"total": round(total, 2), **timer.phases,
+                         "onnxruntime": round(evaluator.seconds_in_runtime, 2),
+                         "onnxruntime_share": round(evaluator.seconds_in_runtime / max(total, 1e-9), 3)}
+    return SanitizeResult(mask=mask, report=report, nmap=nmap, evaluator=evaluator)
+
+
+def _config_dict(config: SanitizeConfig) -> dict:
+    out = asdict(config)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}

@@ -1,0 +1,1 @@
+"""Stage 4: per-neuron signals, including the backdoor signal from synthesized triggers."""

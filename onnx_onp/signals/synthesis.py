@@ -1,0 +1,122 @@
+"""Reverse-engineer a candidate trigger per class from clean data alone (Neural-Cleanse style).
+
+For every class t, a mask m (H×W, in [0, 1]) and a pattern p (the image's shape, within the data's range)
+are optimised through the torch mirror so that (1 − m)·x + m·p is classified as t for clean images x of
+other classes, with an L1 penalty on m. A backdoor target needs a far smaller mask than the other classes:
+its mask norm is an outlier (anomaly index = robust z-score below the median). The stamped images then
+serve as the defender's stand-in for poisoned data: the backdoor signal in the reward and in the features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..mirror import TorchMirror
+
+
+@dataclass
+class SynthesisConfig:
+    steps: int = 100  # Adam steps per class
+    batch_size: int = 32
+    lr: float = 0.1
+    mask_weight: float = 0.03  # L1 weight on the mask, per pixel of mask sum, relative to a 32×32 image
+    seed: int = 0
+
+
+@dataclass
+class TriggerCandidate:
+    target: int
+    mask: np.ndarray  # H×W in [0, 1]
+    pattern: np.ndarray  # the model input's per-image shape, in model-input space
+    mask_l1: float
+    success: float  # share of the optimisation's last batch sent to the target
+
+    def apply(self, x: np.ndarray, spatial_axes: tuple[int, int]) -> np.ndarray:
+        shape = [1] * x.ndim
+        shape[spatial_axes[0]], shape[spatial_axes[1]] = self.mask.shape
+        m = self.mask.reshape(shape[1:])
+        return ((1 - m) * x + m * self.pattern).astype(x.dtype)
+
+
+@dataclass
+class SynthesisResult:
+    candidates: list[TriggerCandidate]
+    anomaly_index: float  # of the smallest mask; > 2 is the usual backdoor threshold
+    suspect: int  # class with the smallest mask
+    seconds: float = 0.0
+    norms: list[float] = field(default_factory=list)
+
+    @property
+    def best(self) -> TriggerCandidate:
+        return self.candidates[self.suspect]
+
+
+def spatial_axes(layout: str) -> tuple[int, int]:
+    return (2, 3) if layout == "NCHW" else (1, 2)
+
+
+def anomaly_indices(norms: np.ndarray) -> np.ndarray:
+    """Robust z-score of each norm below the median (positive = smaller than the others)."""
+    median = np.median(norms)
+    mad = 1.4826 * np.median(np.abs(norms - median))
+    return (median - norms) / max(mad, 1e-12)
+
+
+def synthesize(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, num_classes: int, layout: str,
+               config: SynthesisConfig = SynthesisConfig(), classes: list[int] | None = None,
+               keep: torch.Tensor | None = None, progress=None) -> SynthesisResult:
+    """One candidate trigger per class (or per class in ``classes``), from clean model inputs x."""
+    import time
+
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    xt = torch.from_numpy(x)
+    h_axis, w_axis = spatial_axes(layout)
+    height, width = x.shape[h_axis], x.shape[w_axis]
+    # The pattern stays within each channel's range in the data (model-input space, after normalisation).
+    channel_axis = 1 if layout == "NCHW" else x.ndim - 1
+    others_axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+    per_channel = [1] * (x.ndim - 1)
+    per_channel[channel_axis - 1] = x.shape[channel_axis]
+    low = torch.from_numpy(x.min(axis=others_axes).reshape(per_channel))
+    high = torch.from_numpy(x.max(axis=others_axes).reshape(per_channel))
+    weight = config.mask_weight * (32 * 32) / (height * width)
+    mask_shape = [1] * (x.ndim - 1)
+    mask_shape[h_axis - 1], mask_shape[w_axis - 1] = height, width
+    candidates = []
+    mirror.eval()
+    for target in (classes if classes is not None else range(num_classes)):
+        others = np.flatnonzero(y != target)
+        mask_param = torch.full(mask_shape, -2.0).requires_grad_(True)  # sigmoid(-2) ≈ 0.12
+        pattern_param = (torch.rand(x.shape[1:], generator=generator) * 2 - 1).requires_grad_(True)
+        optimizer = torch.optim.Adam([mask_param, pattern_param], lr=config.lr)
+        labels = torch.full((config.batch_size,), target, dtype=torch.long)
+        success = 0.0
+        for _ in range(config.steps):
+            pick = torch.from_numpy(others[torch.randint(len(others), (config.batch_size,),
+                                                         generator=generator).numpy()])
+            mask = torch.sigmoid(mask_param)
+            pattern = low + (torch.tanh(pattern_param) + 1) / 2 * (high - low)
+            stamped = (1 - mask) * xt[pick] + mask * pattern
+            logits = mirror(stamped, keep)
+            loss = F.cross_entropy(logits, labels) + weight * mask.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            success = float((logits.argmax(1) == target).float().mean())
+        with torch.no_grad():
+            mask = torch.sigmoid(mask_param).reshape(height, width).numpy()
+            pattern = (low + (torch.tanh(pattern_param) + 1) / 2 * (high - low)).numpy()
+        candidates.append(TriggerCandidate(target=target, mask=mask, pattern=pattern.astype(x.dtype),
+                                           mask_l1=float(mask.sum()), success=success))
+        if progress is not None:
+            progress(target)
+    norms = np.array([c.mask_l1 for c in candidates])
+    index = anomaly_indices(norms)
+    suspect = int(np.argmax(index))
+    return SynthesisResult(candidates=candidates, anomaly_index=float(index[suspect]), suspect=suspect,
+                           seconds=time.perf_counter() - start, norms=norms.tolist())
