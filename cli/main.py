@@ -288,5 +288,68 @@ def prune(model, neurons, mask_file, output, shrink, data_path, preprocess_path,
     _emit(as_json, payload, human)
 
 
+def _write_text(path: str, text: str) -> None:
+    from onnx_onp.errors import OutputError
+
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc})") from exc
+
+
+@main.command(epilog=EPILOG)
+@click.option("--cases", "which", default="all", show_default=True,
+              help="fixtures, real, all, or a comma list of those and case names (e.g. tiny_badnet_cifar10).")
+@click.option("--defenses", default="none,clp,fp,random", show_default=True,
+              help="Comma list of none, clp, fp, random (random runs once per other pruning defense, "
+                   "with its neuron count).")
+@click.option("--defense-size", type=int, default=500, show_default=True,
+              help="Clean training images the defenses get.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the defense data, test subset, random.")
+@click.option("--test-limit", type=int, default=None, help="Measure on this many seeded test images (default: all).")
+@click.option("--fp-max-drop", type=float, default=0.05, show_default=True,
+              help="Fine-Pruning stops before defense-data accuracy drops by more than this.")
+@click.option("--clp-u", type=float, default=3.0, show_default=True, help="CLP threshold: mean + u * std.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the Markdown report here.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every number as JSON here.")
+@click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="onnxruntime provider; the one that really ran is reported.")
+def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, out_path, json_path, provider):
+    """Baseline defenses on the fixtures and real models: CA, ASR, RA, DER, pruned neurons, time, memory."""
+    from onnx_onp.baselines import ClpConfig, FpConfig
+    from onnx_onp.bench import (BenchConfig, TableWriter, UnknownCaseError, discover_cases, machine_info,
+                                markdown_report, result_to_json, run_bench)
+
+    try:
+        config = BenchConfig(defenses=tuple(filter(None, (d.strip() for d in defenses.split(",")))),
+                             defense_size=defense_size, seed=seed, test_limit=test_limit, provider=provider,
+                             defense_configs={"fp": FpConfig(max_drop=fp_max_drop), "clp": ClpConfig(u=clp_u)})
+        cases = discover_cases(which)
+    except (ValueError, UnknownCaseError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if not cases:
+        raise click.UsageError(f"--cases {which}: no case found")
+    command = (f"onnx-onp bench --cases {which} --defenses {','.join(config.defenses)} --defense-size {defense_size}"
+               f" --seed {seed}" + (f" --test-limit {test_limit}" if test_limit else "")
+               + (f" --fp-max-drop {fp_max_drop}" if fp_max_drop != 0.05 else "")
+               + (f" --clp-u {clp_u}" if clp_u != 3.0 else "") + f" --provider {provider}")
+    machine = machine_info()
+    writer = TableWriter(click.echo, config, machine)
+    failures = []
+
+    def on_error(case, exc):
+        failures.append(exc)
+        click.echo(f"error: case {case.name}: {exc}", err=True)
+
+    result = run_bench(cases, config, on_start=writer.case_started, on_row=writer.row, on_error=on_error)
+    click.echo(f"\n{sum(len(c.rows) for c in result.cases)} rows, {len(cases)} cases, {result.seconds:.0f} s")
+    if out_path:
+        _write_text(out_path, markdown_report(result, machine, command=command))
+    if json_path:
+        _write_text(json_path, json.dumps(result_to_json(result, machine, command=command), indent=1) + "\n")
+    if failures:
+        sys.exit(failures[0].exit_code)
+
+
 if __name__ == "__main__":
     main()

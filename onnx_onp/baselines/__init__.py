@@ -1,0 +1,43 @@
+"""Baseline defenses on the same ONNX models: none, CLP, Fine-Pruning, random pruning.
+
+Each entry of ``DEFENSES`` is called as ``DEFENSES[name](lm, nmap, data, evaluator=..., config=...)`` and
+returns a :class:`DefenseResult` (a boolean mask over the neuron map's groups, True = pruned, and an info
+dict). ``data`` is the clean defense set (``Prepared``, a few hundred training images); a defense never
+receives poisoned or test data.
+"""
+
+from .base import Defense, DefenseResult, NoneConfig, no_defense, pruned_neuron_count, unit_groups
+from .clp import ClpConfig, channel_lipschitz, clp
+from .fine_pruning import FpConfig, activation_tensor, fine_pruning, fp_extra_outputs, last_conv_layer
+from .random_pruning import RandomConfig, random_pruning
+
+DEFENSES: dict[str, Defense] = {
+    "none": Defense("none", no_defense, NoneConfig, needs_data=False, description="no defense"),
+    "clp": Defense("clp", clp, ClpConfig, needs_data=False,
+                   description="Channel Lipschitzness-based Pruning (data-free, u = 3)"),
+    "fp": Defense("fp", fine_pruning, FpConfig, needs_data=True,
+                  description="Fine-Pruning without fine-tuning (last conv layer, least active first)",
+                  extra_outputs=fp_extra_outputs),
+    "random": Defense("random", random_pruning, RandomConfig, needs_data=False,
+                      description="random prunable groups, as many neurons as the compared defense"),
+}
+
+__all__ = [
+    "DEFENSES",
+    "ClpConfig",
+    "Defense",
+    "DefenseResult",
+    "FpConfig",
+    "NoneConfig",
+    "RandomConfig",
+    "activation_tensor",
+    "channel_lipschitz",
+    "clp",
+    "fine_pruning",
+    "fp_extra_outputs",
+    "last_conv_layer",
+    "no_defense",
+    "pruned_neuron_count",
+    "random_pruning",
+    "unit_groups",
+]

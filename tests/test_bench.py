@@ -1,0 +1,360 @@
+"""Baseline defenses (CLP, Fine-Pruning, random) and the benchmark harness, end to end through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from onnx_onp.baselines import (DEFENSES, ClpConfig, FpConfig, RandomConfig, activation_tensor, channel_lipschitz, clp,
+                                fine_pruning, last_conv_layer, pruned_neuron_count, random_pruning)
+from onnx_onp.bench import DataSplits, PeakRss, der, discover_cases
+from onnx_onp.data import Spec
+from onnx_onp.errors import MaskError
+from onnx_onp.instrument import MaskedEvaluator
+from onnx_onp.load import load_model, load_model_proto
+from onnx_onp.metrics import Prepared, prepare
+from onnx_onp.neuron_map import build_neuron_map
+from onnx_onp_cli.main import main
+
+from .conftest import DATA, FIXTURES, REAL_MODELS, need
+
+TINY = FIXTURES / "models" / "tiny_badnet_cifar10"
+
+
+def convnet(w1: np.ndarray, w2: np.ndarray, *, bn_scale: np.ndarray | None = None, classes: int = 4,
+            seed: int = 0) -> onnx.ModelProto:
+    """x[N,3,8,8] -> Conv(w1) -> [BN] -> Relu -> Conv(w2) -> Relu -> GlobalAveragePool -> Flatten -> Gemm."""
+    rng = np.random.default_rng(seed)
+    c1, c2 = w1.shape[0], w2.shape[0]
+    inits = [numpy_helper.from_array(w1.astype(np.float32), "w1"),
+             numpy_helper.from_array(np.zeros(c1, np.float32), "b1"),
+             numpy_helper.from_array(w2.astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(c2, np.float32), "b2"),
+             numpy_helper.from_array(rng.normal(size=(classes, c2)).astype(np.float32), "wf"),
+             numpy_helper.from_array(np.zeros(classes, np.float32), "bf")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1")]
+    first = "c1"
+    if bn_scale is not None:
+        inits += [numpy_helper.from_array(bn_scale.astype(np.float32), "gamma"),
+                  numpy_helper.from_array(np.zeros(c1, np.float32), "beta"),
+                  numpy_helper.from_array(np.zeros(c1, np.float32), "mean"),
+                  numpy_helper.from_array(np.ones(c1, np.float32), "var")]
+        nodes.append(helper.make_node("BatchNormalization", ["c1", "gamma", "beta", "mean", "var"], ["n1"],
+                                      epsilon=1e-5, name="bn1"))
+        first = "n1"
+    nodes += [helper.make_node("Relu", [first], ["r1"], name="relu1"),
+              helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+              helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+              helper.make_node("GlobalAveragePool", ["r2"], ["p"], name="pool"),
+              helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+              helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _weights(seed=0, c1=8, c2=12):
+    rng = np.random.default_rng(seed)
+    return rng.normal(scale=0.3, size=(c1, 3, 3, 3)), rng.normal(scale=0.3, size=(c2, c1, 3, 3))
+
+
+# -- CLP ----------------------------------------------------------------------------------------------------
+
+
+def test_clp_flags_the_planted_channel():
+    w1, w2 = _weights(c1=16, c2=16)
+    w2[7] *= 25  # one channel with a huge kernel norm
+    lm = load_model_proto(convnet(w1, w2))
+    nmap = build_neuron_map(lm)
+    result = clp(lm, nmap)
+    assert nmap.pruned_neurons(result.mask) == {"conv2": [7]}
+    assert result.info["per_layer"]["conv2"]["flagged"] == 1
+    assert result.info["per_layer"]["conv1"]["flagged"] == 0
+    assert result.info["skipped_unprunable"] == 0
+    # UCLC is the largest singular value of each channel's [C_in, kh*kw] kernel
+    uclc, bn = channel_lipschitz(lm, nmap.layer("conv2"))
+    assert bn is None
+    expected = [np.linalg.svd(w2[k].reshape(w2.shape[1], -1), compute_uv=False)[0] for k in range(w2.shape[0])]
+    np.testing.assert_allclose(uclc, expected, rtol=1e-5)
+    # a high enough threshold flags nothing
+    assert not clp(lm, nmap, config=ClpConfig(u=10.0)).mask.any()
+
+
+def test_clp_uses_the_batchnorm_scale():
+    w1, w2 = _weights(c1=16, c2=16)
+    scale = np.ones(16)
+    scale[2] = -40.0  # |gamma / sqrt(var + eps)| counts, whatever its sign
+    lm = load_model_proto(convnet(w1, w2, bn_scale=scale))
+    nmap = build_neuron_map(lm)
+    uclc, bn = channel_lipschitz(lm, nmap.layer("conv1"))
+    assert bn == "bn1"
+    norms = [np.linalg.svd(w1[k].reshape(3, -1), compute_uv=False)[0] for k in range(16)]
+    np.testing.assert_allclose(uclc, np.array(norms) * np.abs(scale) / np.sqrt(1 + 1e-5), rtol=1e-5)
+    assert nmap.pruned_neurons(clp(lm, nmap).mask) == {"conv1": [2]}
+
+
+def test_clp_cannot_flag_in_layers_of_ten_channels_or_fewer():
+    # With the unbiased std, one outlier among n values is at most (n - 1) / sqrt(n) std above the mean:
+    # 2.85 for n = 10, so u = 3 never fires there, however extreme the channel.
+    w1, w2 = _weights(c1=10, c2=11)
+    w1[0] *= 1000
+    w2[0] *= 1000
+    lm = load_model_proto(convnet(w1, w2))
+    nmap = build_neuron_map(lm)
+    assert nmap.pruned_neurons(clp(lm, nmap).mask) == {"conv2": [0]}
+
+
+# -- Fine-Pruning -------------------------------------------------------------------------------------------
+
+
+class ScriptedEvaluator:
+    """Stands in for MaskedEvaluator: fixed activations, accuracy scripted by the number of pruned groups."""
+
+    def __init__(self, tensor, activations, accuracy_by_count):
+        self.extra_outputs = [tensor]
+        self.provider = "scripted"
+        self._act = {tensor: activations}
+        self._acc = accuracy_by_count
+        self.scored: list[np.ndarray] = []
+
+    def activations(self, x, mask=None):
+        return self._act
+
+    def _one(self, mask):
+        mask = np.zeros(0, bool) if mask is None else np.asarray(mask)
+        self.scored.append(mask)
+        return type("S", (), {"accuracy": self._acc[int(mask.sum())]})()
+
+    def score(self, x, y, mask=None):
+        return self._one(mask)
+
+    def score_many(self, x, y, masks):
+        return [self._one(m) for m in masks]
+
+
+def test_fine_pruning_order_and_stopping_rule():
+    lm = load_model_proto(convnet(*_weights()))
+    nmap = build_neuron_map(lm)
+    layer = last_conv_layer(nmap)
+    assert layer.name == "conv2"
+    tensor = activation_tensor(lm, layer.output)
+    assert tensor == "r2"  # followed through the ReLU
+    # per-channel activations with known ReLU means; channel 4 is large but negative: ReLU makes it the least
+    means = np.array([5, 3, 9, 1, -50, 7, 2, 8, 6, 4, 10, 11], float)
+    act = np.broadcast_to(means[None, :, None, None], (6, 12, 8, 8)).copy()
+    expected_order = [4, 3, 6, 1, 9, 0, 8, 5, 7, 2, 10, 11]
+    data = Prepared(x=np.zeros((6, 3, 8, 8), np.float32), y=np.zeros(6, np.int64))
+    # base 0.90; the drop exceeds 0.05 first after 4 channels (0.84), later steps would look fine again
+    acc = {0: 0.90, 1: 0.90, 2: 0.88, 3: 0.86, 4: 0.84}
+    acc.update({k: 0.90 for k in range(5, 13)})
+    ev = ScriptedEvaluator(tensor, act, acc)
+    result = fine_pruning(lm, nmap, data, evaluator=ev, config=FpConfig(max_drop=0.05, chunk=2))
+    assert result.info["order"] == expected_order
+    assert nmap.pruned_neurons(result.mask) == {"conv2": sorted(expected_order[:3])}
+    assert result.info["pruned_channels"] == 3 and result.info["stopped_at"] == 3
+    assert result.info["curve"] == [0.90, 0.88, 0.86, 0.84]  # chunks of 2: stops after the chunk with the drop
+    # every scored mask prunes a prefix of the order
+    for mask in ev.scored[1:]:
+        k = int(mask.sum())
+        assert nmap.pruned_neurons(mask).get("conv2", []) == sorted(expected_order[:k])
+    # never dropping: everything prunable in the layer goes
+    ev = ScriptedEvaluator(tensor, act, {k: 0.9 for k in range(13)})
+    assert fine_pruning(lm, nmap, data, evaluator=ev).info["pruned_channels"] == 12
+    # dropping at once: nothing is pruned
+    ev = ScriptedEvaluator(tensor, act, {0: 0.9, **{k: 0.5 for k in range(1, 13)}})
+    result = fine_pruning(lm, nmap, data, evaluator=ev)
+    assert not result.mask.any() and result.info["pruned_channels"] == 0
+
+
+def test_fine_pruning_on_real_evaluator_matches_its_curve():
+    lm = load_model_proto(convnet(*_weights(seed=3)))
+    nmap = build_neuron_map(lm)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3, 8, 8)).astype(np.float32)
+    ev = MaskedEvaluator(lm, nmap, provider="cpu", extra_outputs=["r2"])
+    data = Prepared(x=x, y=ev.logits(x).argmax(axis=1))  # the model's own labels: accuracy 1 before pruning
+    result = fine_pruning(lm, nmap, data, config=FpConfig(max_drop=0.1, full_curve=True))
+    relu_mean = np.maximum(ev.activations(data.x)["r2"], 0).mean(axis=(0, 2, 3))
+    assert result.info["order"] == list(np.argsort(relu_mean, kind="stable"))
+    k = result.info["pruned_channels"]
+    base = ev.score(data.x, data.y).accuracy
+    curve = result.info["curve"]  # rounded to 4 decimals
+    assert base == 1.0 and 0 < k < 12
+    assert len(curve) == 12  # full_curve scores every step
+    assert all(base - a <= 0.1 + 1e-4 for a in curve[:k])
+    assert k == 12 or base - curve[k] > 0.1 - 1e-4
+    if k:
+        assert ev.score(data.x, data.y, result.mask).accuracy == pytest.approx(curve[k - 1], abs=1e-4)
+
+
+# -- random -------------------------------------------------------------------------------------------------
+
+
+def test_random_pruning_is_seeded_and_has_the_count():
+    lm = load_model(need(TINY.with_suffix(".onnx")))
+    nmap = build_neuron_map(lm)
+    a = random_pruning(lm, nmap, config=RandomConfig(count=17, seed=3)).mask
+    b = random_pruning(lm, nmap, config=RandomConfig(count=17, seed=3)).mask
+    c = random_pruning(lm, nmap, config=RandomConfig(count=17, seed=4)).mask
+    assert (a == b).all() and (a != c).any()
+    assert pruned_neuron_count(nmap, a) == 17 and not (a & ~nmap.prunable).any()
+    assert random_pruning(lm, nmap, config=RandomConfig(count=5, unit="groups")).mask.sum() == 5
+    assert not random_pruning(lm, nmap).mask.any()
+    with pytest.raises(MaskError):
+        random_pruning(lm, nmap, config=RandomConfig(count=int(nmap.prunable.sum()) + 1))
+
+
+def residual_net(c=6, classes=3) -> onnx.ModelProto:
+    """x -> conv1 -> Relu -> conv2 -> Add(conv1's Relu) -> Relu -> pool -> Gemm: conv1 and conv2 tied per channel,
+    plus a free conv3 branch concatenated in."""
+    rng = np.random.default_rng(0)
+    arr = {"w1": rng.normal(size=(c, 3, 3, 3)), "w2": rng.normal(size=(c, c, 3, 3)),
+           "w3": rng.normal(size=(c, 3, 3, 3)), "wf": rng.normal(size=(classes, 2 * c))}
+    inits = [numpy_helper.from_array(v.astype(np.float32), k) for k, v in arr.items()]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+             helper.make_node("Add", ["c2", "r1"], ["s"], name="add"),
+             helper.make_node("Conv", ["x", "w3"], ["c3"], pads=[1, 1, 1, 1], name="conv3"),
+             helper.make_node("Concat", ["s", "c3"], ["cat"], axis=1, name="concat"),
+             helper.make_node("Relu", ["cat"], ["r"], name="relu"),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"], name="pool"),
+             helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+             helper.make_node("Gemm", ["f", "wf"], ["logits"], transB=1, name="fc")]
+    graph = helper.make_graph(nodes, "res", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_random_pruning_counts_neurons_of_tied_groups():
+    lm = load_model_proto(residual_net())
+    nmap = build_neuron_map(lm)
+    sizes = sorted(len(g.neurons) for g in nmap.groups if g.prunable)
+    assert sizes == [1] * 6 + [2] * 6  # conv3's channels alone, conv1+conv2 tied
+    for seed in range(5):
+        for count in (3, 7, 12, 18):
+            mask = random_pruning(lm, nmap, config=RandomConfig(count=count, seed=seed)).mask
+            assert pruned_neuron_count(nmap, mask) == count
+    assert random_pruning(lm, nmap, config=RandomConfig(count=4, unit="groups")).mask.sum() == 4
+
+
+# -- harness pieces -----------------------------------------------------------------------------------------
+
+
+def test_der_and_peak_memory():
+    assert der({"ca": 0.9, "asr": 1.0}, 0.9, 0.0) == 1.0
+    assert der({"ca": 0.9, "asr": 1.0}, 0.8, 1.0) == pytest.approx(0.45)
+    assert der({"ca": 0.9, "asr": 0.1}, 0.95, 0.3) == 0.5  # no credit for gains, no penalty for ASR rising
+    with PeakRss() as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        block[::512] += 1
+        del block
+    assert memory.mb >= 48
+
+
+def test_gtsrb_split_is_the_training_split_of_the_zoo():
+    from fixtures.zoo import train
+
+    from onnx_onp.bench import GTSRB_SPLIT_SEED, GTSRB_TRAIN
+
+    assert (GTSRB_TRAIN, GTSRB_SPLIT_SEED) == (train.GTSRB_TRAIN, train.GTSRB_SPLIT_SEED)
+    need(DATA / "gtsrb_test.npz")
+    zoo_train, zoo_test, _ = train.load_splits("gtsrb")
+    pool, test = DataSplits(DATA).splits("gtsrb")
+    assert (len(pool), len(test)) == (10_000, 2_630)
+    np.testing.assert_array_equal(pool.x, zoo_train.x)
+    np.testing.assert_array_equal(test.y, zoo_test.y)
+    need(DATA / "mnist_test.npz")
+    pool, test = DataSplits(DATA).splits("mnist")
+    assert (len(pool), len(test)) == (500, 9_500)
+
+
+def test_cases_are_discovered_with_their_datasets():
+    cases = {c.name: c for c in discover_cases("all")}
+    assert cases["tiny_badnet_cifar10"].dataset == "cifar10" and cases["tiny_badnet_cifar10"].family == "fixture"
+    if REAL_MODELS.is_dir():
+        assert cases["verazuo_badnet_mnist"].dataset == "mnist"
+        assert cases["sashank_badnet_cifar10_clean"].dataset == "cifar10"
+        assert {c.name for c in discover_cases("real")} == {p.stem for p in REAL_MODELS.glob("*.json")}
+    assert [c.name for c in discover_cases("tiny_badnet_cifar10,tiny_badnet_cifar10")] == ["tiny_badnet_cifar10"]
+    result = CliRunner().invoke(main, ["bench", "--cases", "no_such_model"])
+    assert result.exit_code == 2 and "unknown case" in result.output
+
+
+# -- end to end ---------------------------------------------------------------------------------------------
+
+
+def test_bench_end_to_end_on_the_tiny_fixture(tmp_path, monkeypatch):
+    need(DATA / "cifar10_train.npz")
+    spec = json.loads(need(TINY.with_suffix(".json")).read_text())
+
+    # Record what every defense receives, and every input row the evaluator sees while a defense runs.
+    received: list[Prepared] = []
+    rows_seen: list[np.ndarray] = []
+    in_defense = [False]
+    for name, defense in list(DEFENSES.items()):
+        def wrapped(lm, nmap, data, *, evaluator=None, config=None, _run=defense.run):
+            received.append(data)
+            in_defense[0] = True
+            try:
+                return _run(lm, nmap, data, evaluator=evaluator, config=config)
+            finally:
+                in_defense[0] = False
+        monkeypatch.setitem(DEFENSES, name, dataclasses.replace(defense, run=wrapped))
+    real_run = MaskedEvaluator.run
+
+    def spy(self, x, mask=None, **kwargs):
+        if in_defense[0]:
+            rows_seen.append(np.array(x))
+        return real_run(self, x, mask, **kwargs)
+
+    monkeypatch.setattr(MaskedEvaluator, "run", spy)
+
+    out, js = tmp_path / "table.md", tmp_path / "results.json"
+    result = CliRunner().invoke(main, ["bench", "--cases", "tiny_badnet_cifar10", "--test-limit", "300",
+                                       "--defense-size", "200", "--out", str(out), "--json", str(js)])
+    assert result.exit_code == 0, result.output
+    assert "provider: CPUExecutionProvider" in result.output or "provider: CUDAExecutionProvider" in result.output
+    assert "machine: " in result.output
+    defenses = ["none", "clp", "fp", "random@clp", "random@fp"]
+    table = out.read_text()
+    for d in defenses:
+        assert f"| tiny_badnet_cifar10 | cifar10 | {d} |" in result.output
+        assert f"| tiny_badnet_cifar10 | cifar10 | {d} |" in table
+
+    payload = json.loads(js.read_text())
+    (case,) = payload["cases"]
+    assert case["test_samples"] == 300 and case["defense_samples"] == 200
+    rows = {r["defense"]: r for r in case["rows"]}
+    assert list(rows) == defenses
+    # `none` reproduces the fixture's CA/ASR (full test split) within the sampling error of 300 images
+    none = rows["none"]
+    assert none["pruned_groups"] == 0 and none["der"] == 0.5
+    for value, reference, n in ((none["ca"], spec["clean_accuracy"], 300),
+                                (none["asr"], spec["attack_success_rate"], case["attack_samples"])):
+        assert abs(value - reference) <= 3.5 * math.sqrt(reference * (1 - reference) / n) + 0.01
+    for name in ("random@clp", "random@fp"):
+        assert rows[name]["pruned_neurons"] == rows[name.split("@")[1]]["pruned_neurons"]
+    assert rows["fp"]["info"]["layer"] == "/conv2/Conv"
+    for r in case["rows"]:
+        assert r["seconds"] >= 0 and r["peak_rss_mb"] >= 0
+
+    # No defense saw poisoned or test data: each got the clean defense set, and every row the evaluator ran
+    # during a defense is one of its images.
+    lm = load_model(TINY.with_suffix(".onnx"))
+    raw, _ = DataSplits().defense_and_test("cifar10", 200, 0)
+    expected = prepare(lm, raw, Spec.load(TINY.with_suffix(".json")).preprocess)
+    assert len(received) == len(defenses)
+    for data in received:
+        assert isinstance(data, Prepared)
+        np.testing.assert_array_equal(data.x, expected.x)
+        np.testing.assert_array_equal(data.y, expected.y)
+    allowed = {row.tobytes() for row in expected.x}
+    assert rows_seen and all(row.tobytes() in allowed for batch in rows_seen for row in batch)
