@@ -300,7 +300,7 @@ def _write_text(path: str, text: str) -> None:
 @main.command(epilog=EPILOG)
 @click.option("--cases", "which", default="all", show_default=True,
               help="fixtures, real, all, or a comma list of those and case names (e.g. tiny_badnet_cifar10).")
-@click.option("--defenses", default="none,clp,fp,random", show_default=True,
+@click.option("--defenses", default="none,onp,clp,fp,random", show_default=True,
               help="Comma list of none, clp, fp, random (random runs once per other pruning defense, "
                    "with its neuron count).")
 @click.option("--defense-size", type=int, default=500, show_default=True,
@@ -315,7 +315,7 @@ def _write_text(path: str, text: str) -> None:
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="onnxruntime provider; the one that really ran is reported.")
 def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, out_path, json_path, provider):
-    """Baseline defenses on the fixtures and real models: CA, ASR, RA, DER, pruned neurons, time, memory."""
+    """ONP and the baseline defenses on the fixtures and real models: CA, ASR, RA, DER, pruned, time, memory."""
     from onnx_onp.baselines import ClpConfig, FpConfig
     from onnx_onp.bench import (BenchConfig, TableWriter, UnknownCaseError, discover_cases, machine_info,
                                 markdown_report, result_to_json, run_bench)
@@ -349,6 +349,118 @@ def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, o
         _write_text(json_path, json.dumps(result_to_json(result, machine, command=command), indent=1) + "\n")
     if failures:
         sys.exit(failures[0].exit_code)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, type=click.Path(),
+              help="Clean labelled defense data (.npz or image folder); a few hundred images are enough.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the sanitized model.")
+@click.option("--max-ca-drop", type=float, default=2.0, show_default=True,
+              help="Clean-accuracy budget in points, checked on held-out defense data.")
+@click.option("--budget", "steps", type=int, default=15, show_default=True,
+              help="Agent training steps per round (each scores --masks-per-step masks).")
+@click.option("--masks-per-step", type=int, default=8, show_default=True)
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Prune, re-synthesize the trigger against the pruned model, prune more while it is found.")
+@click.option("--gnn", type=click.Choice(["graphconv", "sage", "gat"]), default="graphconv", show_default=True)
+@click.option("--force", is_flag=True, help="Prune even when trigger synthesis finds no backdoor evidence.")
+@click.option("--shrink", is_flag=True, help="Remove the pruned channels physically.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
+@click.option("--poisoned-data", type=click.Path(), help="Audit mode: triggered test images for ASR before/after.")
+@click.option("--target", type=int, help="The attack's target label (with --poisoned-data).")
+@click.option("--test-data", type=click.Path(), help="Audit mode: labelled test data for CA (and, with --spec, ASR).")
+@_with(data_options)
+def sanitize(model, data_path, output, max_ca_drop, steps, masks_per_step, rounds, gnn, force, shrink, report_path,
+             poisoned_data, target, test_data, preprocess_path, spec_path, limit, seed, provider, as_json):
+    """Find and prune backdoor neurons with ONP; write the sanitized model and a report.
+
+    Only the clean --data is used to decide. --spec/--poisoned-data/--test-data (audit mode) only add ASR and
+    CA before and after to the report.
+    """
+    from dataclasses import replace
+
+    from onnx_onp.agent import TrainConfig
+    from onnx_onp.data import Preprocess, Spec
+    from onnx_onp.errors import DataError
+    from onnx_onp.metrics import attack_scores, clean_accuracy, prepare, prepare_triggered
+    from onnx_onp.sanitize import SanitizeConfig, sanitize as run_sanitize
+
+    if poisoned_data and target is None:
+        raise DataError("--poisoned-data needs --target")
+    spec = Spec.load(spec_path) if spec_path else None
+    dataset = _dataset(data_path, limit or 500, seed)
+    base = SanitizeConfig()
+    config = replace(base, max_ca_drop=max_ca_drop / 100, seed=seed, provider=provider, shrink=shrink, gnn=gnn,
+                     force=force, rounds=rounds, reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
+                     train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed))
+
+    def audit(evaluator, mask):
+        lm = evaluator.lm
+        pre = _preprocess(lm, preprocess_path, spec)
+        out = {}
+        if test_data:
+            clean = prepare(lm, _dataset(test_data, None, seed), pre, what=str(test_data))
+            out["clean_accuracy"] = {"before": clean_accuracy(evaluator, clean),
+                                     "after": clean_accuracy(evaluator, clean, mask), "samples": len(clean)}
+        triggered, tgt = None, None
+        if poisoned_data:
+            triggered, tgt = prepare(lm, _dataset(poisoned_data, None, seed), pre, what=str(poisoned_data)), target
+        elif spec is not None and spec.trigger is not None and test_data:
+            triggered, tgt = prepare_triggered(lm, _dataset(test_data, None, seed), spec, pre), spec.target
+        if triggered is not None:
+            before, after = attack_scores(evaluator, triggered, tgt), attack_scores(evaluator, triggered, tgt, mask)
+            out["attack_success_rate"] = {"before": before.asr, "after": after.asr, "samples": after.samples}
+            out["robust_accuracy"] = {"before": before.ra, "after": after.ra}
+        return out or None
+
+    interactive = sys.stderr.isatty() and not as_json
+    bar = None
+    if interactive:
+        from tqdm import tqdm
+
+        bar = tqdm(total=rounds * steps, desc="ONP", unit="step", file=sys.stderr, leave=False)
+
+    def progress(stage, info=None):
+        if not interactive:
+            return
+        if stage == "train":
+            bar.update(1)
+            bar.set_postfix(reward=f"{info['best_reward']:.3f}", ca=f"{info['ca']:.3f}",
+                            asr=f"{info['asr']:.3f}", pruned=f"{info['pruned']:.0f}")
+        elif stage in ("suspect", "round"):
+            bar.write(f"{stage}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+    pre = Preprocess.load(preprocess_path) if preprocess_path else (spec.preprocess if spec else None)
+    result = run_sanitize(model, dataset, pre, output, config=config,
+                          audit=audit if (test_data or poisoned_data) else None, progress=progress)
+    if bar is not None:
+        bar.close()
+    report = result.report
+    if report_path:
+        _write_text(report_path, json.dumps(report, indent=2, default=_json_default))
+
+    def human(r):
+        ts = r["trigger_synthesis"]
+        click.echo(f"{r['status']}  (suspected target {ts['suspected_target']}, anomaly index {ts['anomaly_index']})")
+        ca = r["clean_accuracy_holdout"]
+        click.echo(f"held-out defense CA {100 * ca['before']:.2f}% -> {100 * ca['after']:.2f}%; "
+                   f"synthesized-trigger ASR {100 * r['synthesized_trigger_asr_holdout']['before']:.1f}% -> "
+                   f"{100 * r['synthesized_trigger_asr_holdout']['after']:.1f}%")
+        click.echo(f"pruned {r['pruned']['neurons']} neurons in {r['pruned']['groups']} groups")
+        for layer, units in r["pruned"]["per_layer"].items():
+            click.echo(f"  {layer}: {', '.join(map(str, units))}")
+        for key, label in (("clean_accuracy", "test CA"), ("attack_success_rate", "test ASR")):
+            if r.get("audit") and key in r["audit"]:
+                a = r["audit"][key]
+                click.echo(f"audit: {label} {100 * a['before']:.2f}% -> {100 * a['after']:.2f}%")
+        if "output" in r:
+            click.echo(f"wrote {r['output']['path']} (max |difference| to the masked evaluation "
+                       f"{r['output']['max_abs_diff']:.1e})")
+        s = r["seconds"]
+        click.echo(f"{s['total']:.1f} s ({100 * s['onnxruntime_share']:.0f}% in onnxruntime), provider {r['provider']}")
+
+    _emit(as_json, report, human)
 
 
 if __name__ == "__main__":

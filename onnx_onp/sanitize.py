@@ -5,7 +5,7 @@ write. ``sanitize()`` is what `onnx-onp sanitize` runs; every step is a stage su
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +15,12 @@ from . import __version__
 from .agent.policy import PruningPolicy
 from .agent.reinforce import RewardConfig, RewardEnv, TrainConfig, train_policy
 from .data import Dataset, Preprocess
-from .decide.choose import choose_mask
+from .decide.choose import choose_mask, signal_masks
 from .export import export_pruned
 from .graphs import GraphConfig, batch_graphs, build_graphs
 from .instrument import MaskedEvaluator
 from .load import load_model
-from .metrics import Prepared, prepare
+from .metrics import Prepared, default_preprocess, prepare
 from .mirror import TorchMirror
 from .neuron_map import build_neuron_map
 from .signals.features import compute_signals
@@ -34,7 +34,13 @@ class SanitizeConfig:
     anomaly_threshold: float = 2.0  # below it: no backdoor evidence, nothing is pruned (unless force)
     force: bool = False
     gnn: str = "graphconv"
-    prior: dict = field(default_factory=lambda: {"act_shift": 1.0, "blc": 1.0})  # policy warm start
+    prior: dict = field(default_factory=lambda: {"act_shift": 1.0, "blc": 1.0, "lipschitz": 0.5})  # policy warm start
+    refine_triggers: int = 2  # fresh syntheses of the suspect's trigger used by the reward
+    refine_steps: int = 300
+    torch_threads: int | None = 1  # small graphs interpreted op by op: more threads mostly spin and wait
+    max_stamped: int = 300  # trigger-stamped images per reward (the clean ones are all used)
+    rounds: int = 3  # prune, re-synthesize against the pruned model, prune more while it is still found
+    found_ratio: float = 0.75  # "still found": mask smaller than this share of the other classes' median
     seed: int = 0
     provider: str = "auto"
     shrink: bool = False
@@ -59,7 +65,7 @@ class _Timer:
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.phases[name] = round(now - self._start, 3)
+        self.phases[name] = round(self.phases.get(name, 0.0) + now - self._start, 3)
         self._start = now
 
 
@@ -69,84 +75,22 @@ def _split(data: Prepared, holdout: float, seed: int) -> tuple[Prepared, Prepare
     return (Prepared(data.x[order[:cut]], data.y[order[:cut]]), Prepared(data.x[order[cut:]], data.y[order[cut:]]))
 
 
-def sanitize(model_path, dataset: Dataset, preprocess: Preprocess, output=None, *,
+def sanitize(model_path, dataset: Dataset, preprocess: Preprocess | None, output=None, *,
              config: SanitizeConfig = SanitizeConfig(), audit=None, progress=None) -> SanitizeResult:
-    """Find and prune backdoor neurons. ``audit(evaluator, mask)`` may add ASR numbers to the report after the
-    decision is made (it never influences it). ``progress(stage, info)`` is called as stages advance."""
-    say = progress or (lambda stage, info=None: None)
+    """Find and prune backdoor neurons, write the model (when ``output`` is given) and a report.
+
+    ``audit(evaluator, mask)`` may add ASR numbers to the report after the decision is made (it never
+    influences it). ``progress(stage, info)`` is called as stages advance.
+    """
     timer = _Timer()
-    torch.manual_seed(config.seed)
     lm = load_model(model_path)
     nmap = build_neuron_map(lm)
+    preprocess = preprocess or default_preprocess(lm)
     defense = prepare(lm, dataset, preprocess, what="defense data")
-    train, holdout = _split(defense, config.holdout, config.seed)
     evaluator = MaskedEvaluator(lm, nmap, provider=config.provider)
-    mirror = TorchMirror(lm, nmap)
     timer.lap("load_and_map")
-    say("loaded", {"groups": nmap.num_groups, "prunable": int(nmap.prunable.sum()), "provider": evaluator.provider})
-
-    synthesis = synthesize(mirror, train.x, train.y, lm.num_classes, preprocess.layout, config.synthesis,
-                           progress=lambda c: say("synthesis", {"class": c}))
-    timer.lap("trigger_synthesis")
-    target = synthesis.suspect
-    suspected = synthesis.anomaly_index >= config.anomaly_threshold
-    say("suspect", {"target": target, "anomaly_index": synthesis.anomaly_index})
-    axes = spatial_axes(preprocess.layout)
-    trigger = synthesis.best
-
-    def stamped(part: Prepared) -> np.ndarray:
-        return trigger.apply(part.x[part.y != target], axes)
-
-    report = {
-        "tool": {"name": "onnx-onp", "version": __version__},
-        "model": lm.describe(), "provider": evaluator.provider, "seed": config.seed,
-        "config": _config_dict(config),
-        "defense_data": {"samples": len(defense), "train": len(train), "holdout": len(holdout)},
-        "neuron_map": {k: v for k, v in nmap.summary().items() if k != "layers"},
-        "trigger_synthesis": {"suspected_target": target, "anomaly_index": round(synthesis.anomaly_index, 3),
-                              "mask_l1_per_class": [round(n, 2) for n in synthesis.norms],
-                              "seconds": round(synthesis.seconds, 2)},
-        "backdoor_suspected": bool(suspected),
-    }
-    mask = nmap.empty_mask()
-    train_result = None
-    decision = None
-    train_env = RewardEnv(evaluator, train.x, train.y, stamped(train), target, config.reward)
-    hold_env = RewardEnv(evaluator, holdout.x, holdout.y, stamped(holdout), target, config.reward)
-    if suspected or config.force:
-        signals = compute_signals(lm, nmap, mirror, train.x, train.y, stamped(train), target)
-        timer.lap("signals")
-        graphs = build_graphs(lm, nmap, signals, config.graph)
-        batch = batch_graphs(graphs)
-        timer.lap("graphs")
-        prior = {signals.names.index(name): weight for name, weight in config.prior.items()}
-        policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, kind=config.gnn, prior=prior)
-        train_cfg = TrainConfig(**{**asdict(config.train), "seed": config.seed})
-        train_result = train_policy(policy, batch, train_env, train_cfg, progress=lambda r: say("train", r))
-        timer.lap("agent_training")
-        decision = choose_mask(train_env, hold_env, train_result.tried, train_result.probabilities, nmap.prunable,
-                               max_ca_drop=config.max_ca_drop)
-        mask = decision.mask
-        timer.lap("decision")
-        report["signals"] = {"names": list(signals.names), "graphs": len(graphs),
-                             "nodes": int(batch.num_nodes), "edges": int(batch.edge_index.shape[1])}
-        report["pruned_signals"] = {nmap.label(nmap.groups[g].neurons[0]): signals.for_group(int(g))
-                                    for g in np.flatnonzero(mask)}
-    after_hold = hold_env.score(mask[None])[0]
-    report["clean_accuracy_holdout"] = {"before": hold_env.ca0, "after": after_hold.ca,
-                                        "drop": round(hold_env.ca0 - after_hold.ca, 4)}
-    report["synthesized_trigger_asr_holdout"] = {"before": hold_env.asr0, "after": after_hold.asr}
-    report["within_budget"] = bool(hold_env.ca0 - after_hold.ca <= config.max_ca_drop + 1e-9)
-    report["status"] = ("no backdoor evidence: nothing pruned" if not (suspected or config.force) else
-                        "sanitized" if mask.any() else "cannot sanitize within the clean-accuracy budget")
-    report["pruned"] = {"groups": int(mask.sum()), "neurons": int(sum(len(nmap.groups[g].neurons)
-                                                                      for g in np.flatnonzero(mask))),
-                        "per_layer": nmap.pruned_neurons(mask)}
-    if train_result is not None:
-        report["reward_curve"] = train_result.history
-        report["evaluations"] = train_env.evaluations + hold_env.evaluations
-        report["decision"] = {"candidates_checked": decision.candidates_checked,
-                              "within_budget": decision.within_budget}
+    mask, report = find_backdoor_mask(lm, nmap, defense, evaluator, config, layout=preprocess.layout,
+                                      progress=progress, timer=timer)
     if output is not None:
         written = export_pruned(lm, nmap, mask, output, shrink=config.shrink, check_inputs=defense.x[:256],
                                 evaluator=evaluator)
@@ -162,6 +106,137 @@ def sanitize(model_path, dataset: Dataset, preprocess: Preprocess, output=None, 
                          "onnxruntime": round(evaluator.seconds_in_runtime, 2),
                          "onnxruntime_share": round(evaluator.seconds_in_runtime / max(total, 1e-9), 3)}
     return SanitizeResult(mask=mask, report=report, nmap=nmap, evaluator=evaluator)
+
+
+def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
+                       config: SanitizeConfig = SanitizeConfig(), *, layout: str | None = None, progress=None,
+                       timer: _Timer | None = None) -> tuple[np.ndarray, dict]:
+    """ONP proper, on clean defense data only: the mask to prune and the report of how it was found."""
+    threads = torch.get_num_threads()
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    try:
+        return _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, timer)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, timer):
+    say = progress or (lambda stage, info=None: None)
+    timer = timer or _Timer()
+    layout = layout or Preprocess.infer_layout(lm.input_shape)
+    torch.manual_seed(config.seed)
+    train, holdout = _split(defense, config.holdout, config.seed)
+    mirror = TorchMirror(lm, nmap)
+    say("loaded", {"groups": nmap.num_groups, "prunable": int(nmap.prunable.sum()), "provider": evaluator.provider})
+
+    synthesis = synthesize(mirror, train.x, train.y, lm.num_classes, layout, config.synthesis,
+                           progress=lambda c: say("synthesis", {"class": c}))
+    timer.lap("trigger_synthesis")
+    target = synthesis.suspect
+    suspected = synthesis.anomaly_index >= config.anomaly_threshold
+    say("suspect", {"target": target, "anomaly_index": synthesis.anomaly_index})
+    axes = spatial_axes(layout)
+    # Others' mask norms: a trigger for the target much smaller than these means the backdoor is still there.
+    others_median = float(np.median([n for c, n in enumerate(synthesis.norms) if c != target]))
+    report = {
+        "tool": {"name": "onnx-onp", "version": __version__},
+        "model": lm.describe(), "provider": evaluator.provider, "seed": config.seed,
+        "config": _config_dict(config),
+        "defense_data": {"samples": len(defense), "train": len(train), "holdout": len(holdout)},
+        "neuron_map": {k: v for k, v in nmap.summary().items() if k != "layers"},
+        "trigger_synthesis": {"suspected_target": target, "anomaly_index": round(synthesis.anomaly_index, 3),
+                              "mask_l1_per_class": [round(n, 2) for n in synthesis.norms],
+                              "seconds": round(synthesis.seconds, 2)},
+        "backdoor_suspected": bool(suspected),
+    }
+    mask = nmap.empty_mask()
+    triggers = []
+    rounds = []
+    train_result = decision = None
+    if suspected or config.force:
+        # Refine the suspect's trigger from fresh starts: several triggers make a reward the agent cannot
+        # satisfy by breaking one synthetic pattern only.
+        for k in range(config.refine_triggers):
+            refined = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
+                                 replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 1 + k),
+                                 classes=[target])
+            triggers.append(refined.candidates[0])
+        timer.lap("trigger_refinement")
+        policy = None
+        for round_index in range(config.rounds):
+            train_env = _env(evaluator, train, triggers, target, axes, config.reward,
+                             max_stamped=config.max_stamped, seed=config.seed, base_mask=mask)
+            hold_env = _env(evaluator, holdout, triggers, target, axes, config.reward,
+                            max_stamped=config.max_stamped, seed=config.seed, base_mask=mask)
+            signals = compute_signals(lm, nmap, mirror, train.x, train.y, train_env.stamped_x, target)
+            graphs = build_graphs(lm, nmap, signals, config.graph)
+            batch = batch_graphs(graphs)
+            if policy is None:
+                prior = {signals.names.index(name): weight for name, weight in config.prior.items()}
+                policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, kind=config.gnn, prior=prior)
+            timer.lap("signals_and_graphs")
+            train_cfg = TrainConfig(**{**asdict(config.train), "seed": config.seed + round_index})
+            train_result = train_policy(policy, batch, train_env, train_cfg, progress=lambda r: say("train", r))
+            timer.lap("agent_training")
+            decision = choose_mask(train_env, hold_env, train_result.tried, train_result.probabilities,
+                                   nmap.prunable, max_ca_drop=config.max_ca_drop,
+                                   extra=signal_masks(nmap, signals))
+            mask = decision.mask
+            # Can the backdoor still be found in the pruned model? Re-synthesize against it.
+            keep = torch.from_numpy((~mask).astype(np.float32))
+            again = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
+                               replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 100 + round_index),
+                               classes=[target], keep=keep).candidates[0]
+            timer.lap("resynthesis")
+            still_there = again.success >= 0.8 and again.mask_l1 < config.found_ratio * others_median
+            rounds.append({"round": round_index, "pruned_groups": int(mask.sum()),
+                           "holdout_ca": decision.holdout.ca if decision.holdout else None,
+                           "holdout_asr_synthesized": decision.holdout.asr if decision.holdout else None,
+                           "resynthesized_mask_l1": round(again.mask_l1, 2),
+                           "resynthesized_success": round(again.success, 3),
+                           "backdoor_still_found": bool(still_there)})
+            say("round", rounds[-1])
+            if not still_there:
+                break
+            triggers.append(again)
+        report["signals"] = {"names": list(signals.names), "graphs": len(graphs),
+                             "nodes": int(batch.num_nodes), "edges": int(batch.edge_index.shape[1])}
+        report["pruned_signals"] = {nmap.label(nmap.groups[g].neurons[0]): signals.for_group(int(g))
+                                    for g in np.flatnonzero(mask)}
+        report["rounds"] = rounds
+    else:
+        hold_env = _env(evaluator, holdout, [synthesis.best], target, axes, config.reward,
+                        max_stamped=config.max_stamped, seed=config.seed)
+    after_hold = hold_env.score(mask[None])[0]
+    report["clean_accuracy_holdout"] = {"before": hold_env.ca0, "after": after_hold.ca,
+                                        "drop": round(hold_env.ca0 - after_hold.ca, 4)}
+    report["synthesized_trigger_asr_holdout"] = {"before": hold_env.asr0, "after": after_hold.asr}
+    report["within_budget"] = bool(hold_env.ca0 - after_hold.ca <= config.max_ca_drop + 1e-9)
+    report["status"] = ("no backdoor evidence: nothing pruned" if not (suspected or config.force) else
+                        "sanitized" if mask.any() else "cannot sanitize within the clean-accuracy budget")
+    report["pruned"] = {"groups": int(mask.sum()), "neurons": int(sum(len(nmap.groups[g].neurons)
+                                                                      for g in np.flatnonzero(mask))),
+                        "per_layer": nmap.pruned_neurons(mask)}
+    if train_result is not None:
+        report["reward_curve"] = train_result.history
+        report["evaluations"] = train_env.evaluations + hold_env.evaluations
+        report["decision"] = {"candidates_checked": decision.candidates_checked,
+                              "within_budget": decision.within_budget}
+    return mask, report
+
+
+def _env(evaluator, part: Prepared, triggers, target, axes, reward, *, max_stamped: int, seed: int,
+         base_mask=None) -> RewardEnv:
+    """Reward environment on one part of the defense data, stamped with every trigger found so far.
+
+    Each image gets one of the triggers (in turn), so adding triggers does not multiply the cost of a reward.
+    """
+    others = part.x[part.y != target]
+    order = np.random.default_rng(seed).permutation(len(others))[:max_stamped]
+    stamped = np.concatenate([triggers[k % len(triggers)].apply(others[order[k::len(triggers)]], axes)
+                              for k in range(min(len(triggers), len(order)))])
+    return RewardEnv(evaluator, part.x, part.y, stamped, target, reward, base_mask=base_mask)
 
 
 def _config_dict(config: SanitizeConfig) -> dict:

@@ -23,7 +23,8 @@ class RewardConfig:
     max_ca_drop: float = 0.02  # the budget, as a fraction (0.02 = 2 points)
     ca_weight: float = 2.0  # cost of each point of CA lost, inside the budget
     over_budget_weight: float = 10.0  # extra cost per point beyond the budget
-    size_weight: float = 0.05  # cost of pruning every prunable group
+    size_weight: float = 0.3  # cost of pruning every prunable group
+    loss_weight: float = 0.5  # cost per nat of clean cross-entropy gained: smoother than accuracy on few images
 
 
 @dataclass
@@ -32,45 +33,51 @@ class Outcome:
     asr: float  # share of stamped non-target images classified as the suspected target
     pruned: int
     reward: float
+    clean_loss: float = 0.0
 
 
 class RewardEnv:
     """Scores masks on the defense data with the masked evaluator."""
 
     def __init__(self, evaluator: MaskedEvaluator, clean_x, clean_y, stamped_x, target: int,
-                 config: RewardConfig):
+                 config: RewardConfig, base_mask: np.ndarray | None = None):
         self.evaluator = evaluator
         self.clean_x, self.clean_y = clean_x, clean_y
         self.stamped_x = stamped_x
         self.stamped_y = np.full(len(stamped_x), target, dtype=np.int64)
         self.config = config
         self.num_prunable = max(1, int(evaluator.nmap.prunable.sum()))
+        # Groups already pruned by an earlier round: every scored mask adds to them; the baselines stay those
+        # of the unpruned model, so the budget is the total one.
+        self.base_mask = evaluator.nmap.empty_mask() if base_mask is None else base_mask.astype(bool)
         empty = evaluator.nmap.empty_mask()[None]
-        self.ca0 = evaluator.score_many(clean_x, clean_y, empty)[0].accuracy
+        base = evaluator.score_many(clean_x, clean_y, empty)[0]
+        self.ca0, self.loss0 = base.accuracy, base.loss
         self.asr0 = evaluator.score_many(stamped_x, self.stamped_y, empty)[0].accuracy
         self.evaluations = 0
 
-    def reward(self, ca: float, asr: float, pruned: int) -> float:
+    def reward(self, ca: float, asr: float, pruned: int, clean_loss: float) -> float:
         c = self.config
         drop = max(0.0, self.ca0 - ca)
         return (-asr - c.ca_weight * drop - c.over_budget_weight * max(0.0, drop - c.max_ca_drop)
-                - c.size_weight * pruned / self.num_prunable)
+                - c.loss_weight * max(0.0, clean_loss - self.loss0) - c.size_weight * pruned / self.num_prunable)
 
     def score(self, masks: np.ndarray) -> list[Outcome]:
+        masks = np.asarray(masks, dtype=bool) | self.base_mask
         clean = self.evaluator.score_many(self.clean_x, self.clean_y, masks)
         stamped = self.evaluator.score_many(self.stamped_x, self.stamped_y, masks)
         self.evaluations += len(masks)
         outcomes = []
         for mask, c, s in zip(masks, clean, stamped):
             pruned = int(mask.sum())
-            outcomes.append(Outcome(ca=c.accuracy, asr=s.accuracy, pruned=pruned,
-                                    reward=self.reward(c.accuracy, s.accuracy, pruned)))
+            outcomes.append(Outcome(ca=c.accuracy, asr=s.accuracy, pruned=pruned, clean_loss=c.loss,
+                                    reward=self.reward(c.accuracy, s.accuracy, pruned, c.loss)))
         return outcomes
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 25
+    steps: int = 15
     masks_per_step: int = 8
     lr: float = 0.02
     entropy_weight: float = 0.001

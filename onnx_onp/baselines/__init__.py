@@ -41,3 +41,24 @@ __all__ = [
     "random_pruning",
     "unit_groups",
 ]
+
+
+def _onp(lm, nmap, data, *, evaluator=None, config=None) -> DefenseResult:
+    """ONP itself, through the same interface as the baselines (imported late: it builds on everything)."""
+    from ..instrument import MaskedEvaluator
+    from ..sanitize import SanitizeConfig, find_backdoor_mask
+
+    evaluator = evaluator or MaskedEvaluator(lm, nmap)
+    mask, report = find_backdoor_mask(lm, nmap, data, evaluator, config or SanitizeConfig())
+    keys = ("status", "trigger_synthesis", "clean_accuracy_holdout", "rounds", "evaluations")
+    return DefenseResult(mask, {k: report[k] for k in keys if k in report})
+
+
+def _onp_config():
+    from ..sanitize import SanitizeConfig
+
+    return SanitizeConfig()
+
+
+DEFENSES["onp"] = Defense("onp", _onp, _onp_config, needs_data=True,
+                          description="ONP: trigger synthesis, neuron graphs, GNN policy trained by REINFORCE")

@@ -28,7 +28,7 @@ from ..metrics import Prepared, attack_scores, clean_accuracy, prepare, prepare_
 from ..neuron_map import build_neuron_map
 from .cases import Case, DataSplits
 
-DEFAULT_DEFENSES = ("none", "clp", "fp", "random")
+DEFAULT_DEFENSES = ("none", "onp", "clp", "fp", "random")
 
 
 @dataclass

@@ -1,0 +1,157 @@
+"""ONP: the torch mirror against onnxruntime, graph construction, determinism, and an end-to-end sanitize."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from onnx_onp.agent import PruningPolicy, RewardConfig, RewardEnv, TrainConfig, train_policy
+from onnx_onp.data import Spec, load_dataset
+from onnx_onp.graphs import batch_graphs, build_graphs
+from onnx_onp.instrument import MaskedEvaluator
+from onnx_onp.load import load_model
+from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
+from onnx_onp.mirror import TorchMirror
+from onnx_onp.neuron_map import build_neuron_map
+from onnx_onp.signals.features import SIGNALS, GroupSignals, compute_signals
+from onnx_onp.signals.synthesis import SynthesisConfig, anomaly_indices, synthesize
+from onnx_onp_cli.main import main
+
+from .conftest import DATA, FIXTURES, need
+from .test_neuron_map import _export, _inputs, _random_mask
+
+TINY = FIXTURES / "models" / "tiny_badnet_cifar10"
+
+
+@pytest.mark.parametrize("name,dynamo", [("resnet18", False), ("mobilenetv2", False), ("densenet", False),
+                                         ("keras", False), ("resnet18", True), ("vggbn", True)])
+def test_mirror_matches_onnxruntime_with_masks(name, dynamo, tmp_path):
+    _, path = _export(name, tmp_path, dynamo=dynamo)
+    lm = load_model(path)
+    nmap = build_neuron_map(lm)
+    mirror = TorchMirror(lm, nmap)
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    x = _inputs(name, 16)
+    for seed in (0, 1):
+        mask = _random_mask(nmap, 0.3, seed)
+        with torch.no_grad():
+            got = mirror(torch.from_numpy(x), torch.from_numpy((~mask).astype(np.float32))).numpy()
+        np.testing.assert_allclose(got, evaluator.logits(x, mask), atol=1e-4)
+    # Per-sample masks too: row i uses mask i.
+    masks = np.stack([_random_mask(nmap, 0.2, s) for s in range(4)])
+    keep = torch.from_numpy(np.repeat(~masks, 4, axis=0).astype(np.float32))
+    with torch.no_grad():
+        got = mirror(torch.from_numpy(np.concatenate([x[:4]] * 4)), keep).numpy()
+    expected = np.concatenate([evaluator.logits(x[:4], m) for m in masks])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_anomaly_index_flags_the_small_outlier():
+    index = anomaly_indices(np.array([50.0, 52, 48, 51, 49, 10, 53, 47]))
+    assert int(np.argmax(index)) == 5 and index[5] > 10
+
+
+def _fake_signals(nmap, seed=0):
+    rng = np.random.default_rng(seed)
+    return GroupSignals(SIGNALS, rng.standard_normal((nmap.num_groups, len(SIGNALS))).astype(np.float32))
+
+
+def test_graphs_follow_connection_strength(tmp_path):
+    model, path = _export("vggbn", tmp_path)
+    lm = load_model(path)
+    nmap = build_neuron_map(lm)
+    graphs = build_graphs(lm, nmap, _fake_signals(nmap))
+    prunable_layers = [layer for layer in nmap.layers[:-1]]
+    assert [g.layer for g in graphs] == [layer.name for layer in prunable_layers]
+    second = graphs[1]  # conv 2: its own 16 channels and the 8 channels of conv 1 as context
+    layer = nmap.layers[1]
+    assert int((second.group >= 0).sum()) == layer.size
+    assert second.num_nodes == layer.size + nmap.layers[0].size
+    w = np.abs(lm.initializer_array(layer.weight)).sum(axis=(2, 3))  # [out, in]
+    strength = w / w.max()
+    src, dst = second.edge_index.numpy()
+    cross = src >= layer.size
+    for s, d, weight in zip(src[cross][:20], dst[cross][:20], second.edge_weight.numpy()[cross][:20]):
+        assert abs(weight - strength[d, s - layer.size]) < 1e-5
+    # Similarity edges stay inside the layer and only between similar neurons.
+    inner = ~cross
+    assert (src[inner] < layer.size).all() and (second.edge_weight.numpy()[inner] >= 0.5).all()
+
+
+def test_residual_group_is_one_decision_node_per_graph(tmp_path):
+    _, path = _export("resnet18", tmp_path)
+    lm = load_model(path)
+    nmap = build_neuron_map(lm)
+    graphs = build_graphs(lm, nmap, _fake_signals(nmap))
+    stream = nmap.group_of(nmap.layers[0].name, 0)  # the stem channel, tied to layer1's second convs
+    holders = [g for g in graphs if (g.group == stream.index).any()]
+    assert len(holders) == 3  # stem, layer1.0.conv2, layer1.1.conv2: one node in each
+    assert all(int((g.group == stream.index).sum()) == 1 for g in holders)
+    policy = PruningPolicy(graphs[0].x.shape[1], nmap.num_groups)
+    logits = policy(batch_graphs(graphs))
+    assert torch.isfinite(logits[stream.index]) and not torch.isfinite(logits[~torch.from_numpy(nmap.prunable)]).any()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    spec = Spec.load(need(TINY.with_suffix(".json")))
+    lm = load_model(TINY.with_suffix(".onnx"))
+    nmap = build_neuron_map(lm)
+    defense = prepare(lm, load_dataset(need(DATA / "cifar10_train.npz"), limit=300, seed=0), spec.preprocess)
+    return spec, lm, nmap, defense
+
+
+def test_policy_training_is_repeatable(tiny):
+    spec, lm, nmap, defense = tiny
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    mirror = TorchMirror(lm, nmap)
+    synthesis = synthesize(mirror, defense.x, defense.y, lm.num_classes, "NCHW",
+                           SynthesisConfig(steps=10, batch_size=16), classes=[0])
+    stamped = synthesis.best.apply(defense.x[defense.y != 0], (2, 3))
+    signals = compute_signals(lm, nmap, mirror, defense.x, defense.y, stamped, 0)
+    batch = batch_graphs(build_graphs(lm, nmap, signals))
+    env = RewardEnv(evaluator, defense.x, defense.y, stamped, 0, RewardConfig())
+
+    def run(seed):
+        torch.manual_seed(123)  # the policy's initial weights come from the global generator
+        policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, prior={4: 1.0})
+        result = train_policy(policy, batch, env, TrainConfig(steps=3, masks_per_step=4, seed=seed))
+        return np.array([m for m, _ in result.tried]), result.probabilities
+
+    masks_a, probs_a = run(7)
+    masks_b, probs_b = run(7)
+    masks_c, _ = run(8)
+    assert masks_a.any() and np.array_equal(masks_a, masks_b) and np.allclose(probs_a, probs_b)
+    assert not np.array_equal(masks_a, masks_c)
+
+
+def test_sanitize_end_to_end_removes_the_backdoor(tmp_path):
+    """The committed tiny BadNets fixture: ASR must fall far, CA stay within budget, with clean data only."""
+    spec_path = need(TINY.with_suffix(".json"))
+    out, report_path = tmp_path / "clean.onnx", tmp_path / "report.json"
+    result = CliRunner().invoke(main, [
+        "sanitize", str(TINY.with_suffix(".onnx")), "--data", str(need(DATA / "cifar10_train.npz")),
+        "--spec", str(spec_path), "-o", str(out), "--report", str(report_path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    assert report["backdoor_suspected"] and report["trigger_synthesis"]["suspected_target"] == 0
+    assert report["status"] == "sanitized" and report["within_budget"]
+    # Measure the written model on test data the run never saw.
+    spec = Spec.load(spec_path)
+    lm = load_model(out)
+    nmap = build_neuron_map(lm)
+    test = load_dataset(DATA / "cifar10_test.npz", limit=2000, seed=1)
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    before = attack_scores(MaskedEvaluator(*_loaded(TINY.with_suffix(".onnx")), provider="cpu"),
+                           prepare_triggered(lm, test, spec, spec.preprocess), 0).asr
+    after = attack_scores(evaluator, prepare_triggered(lm, test, spec, spec.preprocess), 0).asr
+    assert before > 0.9 and after < 0.5, (before, after)
+
+
+def _loaded(path):
+    lm = load_model(path)
+    return lm, build_neuron_map(lm)
