@@ -179,6 +179,8 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
             train_cfg = TrainConfig(**{**asdict(config.train), "seed": config.seed + round_index})
             train_result = train_policy(policy, batch, train_env, train_cfg, progress=lambda r: say("train", r))
             timer.lap("agent_training")
+            if round_index == 0:
+                first_policy = [round(float(p), 4) for p in train_result.probabilities]
             decision = choose_mask(train_env, hold_env, train_result.tried, train_result.probabilities,
                                    nmap.prunable, max_ca_drop=config.max_ca_drop,
                                    extra=signal_masks(nmap, signals))
@@ -205,6 +207,8 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         report["pruned_signals"] = {nmap.label(nmap.groups[g].neurons[0]): signals.for_group(int(g))
                                     for g in np.flatnonzero(mask)}
         report["rounds"] = rounds
+        # The first round's policy: later rounds only add to its mask, so theirs say little about a layer.
+        report["policy_probabilities"] = first_policy
     else:
         hold_env = _env(evaluator, holdout, [synthesis.best], target, axes, config.reward,
                         max_stamped=config.max_stamped, seed=config.seed)

@@ -113,8 +113,10 @@ def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConf
         entropy = -(probs * torch.log(probs + 1e-8) + (1 - probs) * torch.log(1 - probs + 1e-8)).sum()
         loss = -(advantage * log_prob).mean() - config.entropy_weight * entropy
         optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        if torch.isfinite(loss):  # a degenerate batch (e.g. identical rewards) must not poison the policy
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
         result.tried.extend(zip(masks, outcomes))
         best = max(outcomes, key=lambda o: o.reward)
         record = {"step": step, "mean_reward": float(rewards.mean()), "best_reward": best.reward,

@@ -71,7 +71,7 @@ def fine_pruning(lm: LoadedModel, nmap: NeuronMap, data: Prepared, *, evaluator:
         return DefenseResult(nmap.empty_mask(), {"layer": None, "reason": "no conv layer with prunable channels"})
     tensor = activation_tensor(lm, layer.output)
     if evaluator is None or tensor not in evaluator.extra_outputs:
-        evaluator = MaskedEvaluator(lm, nmap, provider=evaluator.provider if evaluator else "auto",
+        evaluator = MaskedEvaluator(lm, nmap, provider=_choice(evaluator.provider) if evaluator else "auto",
                                     extra_outputs=[tensor])
     act = evaluator.activations(data.x)[tensor]
     channel_axis = 1 if act.shape[1] == layer.size else act.ndim - 1  # NCHW, or NHWC after a Transpose
@@ -112,3 +112,8 @@ def fine_pruning(lm: LoadedModel, nmap: NeuronMap, data: Prepared, *, evaluator:
         "stopped_at": stop,
     }
     return DefenseResult(mask, info)
+
+
+def _choice(provider_name: str) -> str:
+    """The evaluator reports the provider that ran ("CUDAExecutionProvider"); a new one is asked for by choice."""
+    return "cuda" if provider_name.startswith("CUDA") else "cpu"
