@@ -318,7 +318,9 @@ def test_bench_end_to_end_on_the_tiny_fixture(tmp_path, monkeypatch):
     monkeypatch.setattr(MaskedEvaluator, "run", spy)
 
     out, js = tmp_path / "table.md", tmp_path / "results.json"
+    # ONP has its own end-to-end test (tests/test_onp.py); the baselines keep this one fast.
     result = CliRunner().invoke(main, ["bench", "--cases", "tiny_badnet_cifar10", "--test-limit", "300",
+                                       "--defenses", "none,clp,fp,random",
                                        "--defense-size", "200", "--out", str(out), "--json", str(js)])
     assert result.exit_code == 0, result.output
     assert "provider: CPUExecutionProvider" in result.output or "provider: CUDAExecutionProvider" in result.output
