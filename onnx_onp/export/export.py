@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OutputError, UnsupportedModelError
+from ..files import ordinary_permissions
 from ..instrument import MaskedEvaluator
 from ..load.loader import LoadedModel
 from ..neuron_map import NeuronMap
@@ -171,6 +172,7 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
                             location=data_name)
         else:
             onnx.save_model(model, tmp)
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
