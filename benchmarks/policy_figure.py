@@ -5,7 +5,7 @@
 Runs ONP on the case with 500 clean training images, then draws, for the layer where ONP pruned most (ties:
 the last such layer), each unit's ONP prune probability, CLP's channel Lipschitz bound (the rule prunes above
 mean + 3 std) and the mean clean activation Fine-Pruning ranks by (it prunes the least active first), with
-the units each method prunes marked. Needs matplotlib (`pip install -e ".[figures]"`).
+the units each method prunes marked. matplotlib is a dependency (the HTML report draws with it).
 """
 
 from __future__ import annotations

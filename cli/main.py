@@ -289,12 +289,9 @@ def prune(model, neurons, mask_file, output, shrink, data_path, preprocess_path,
 
 
 def _write_text(path: str, text: str) -> None:
-    from onnx_onp.errors import OutputError
+    from onnx_onp.files import atomic_write_text
 
-    try:
-        Path(path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc})") from exc
+    atomic_write_text(path, text)
 
 
 @main.command(epilog=EPILOG)
@@ -314,11 +311,17 @@ def _write_text(path: str, text: str) -> None:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write every number as JSON here.")
 @click.option("--provider", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="onnxruntime provider; the one that really ran is reported.")
-def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, out_path, json_path, provider):
+@click.option("--verdicts", is_flag=True,
+              help="Instead of the defenses: the audit verdict on every case (detection and false-alarm counts).")
+def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, out_path, json_path, provider,
+          verdicts):
     """ONP and the baseline defenses on the fixtures and real models: CA, ASR, RA, DER, pruned, time, memory."""
     from onnx_onp.baselines import ClpConfig, FpConfig
     from onnx_onp.bench import (BenchConfig, TableWriter, UnknownCaseError, discover_cases, machine_info,
                                 markdown_report, result_to_json, run_bench)
+
+    if verdicts:
+        return _bench_verdicts(which, defense_size, seed, provider, out_path, json_path)
 
     try:
         config = BenchConfig(defenses=tuple(filter(None, (d.strip() for d in defenses.split(",")))),
@@ -351,51 +354,127 @@ def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, o
         sys.exit(failures[0].exit_code)
 
 
+def _bench_verdicts(which, defense_size, seed, provider, out_path, json_path):
+    from dataclasses import asdict
+
+    from onnx_onp.bench import UnknownCaseError, describe_machine, discover_cases, machine_info
+    from onnx_onp.bench.verdicts import run_verdicts, verdict_markdown, verdict_summary
+
+    try:
+        cases = discover_cases(which)
+    except UnknownCaseError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not cases:
+        raise click.UsageError(f"--cases {which}: no case found")
+    command = f"onnx-onp bench --verdicts --cases {which} --defense-size {defense_size} --seed {seed}"
+
+    def show(row):
+        click.echo(f"{row.case:<40} {'backdoored' if row.backdoored else 'clean':<10} {row.verdict:<22} "
+                   f"anomaly {row.anomaly_index:6.2f}  target {row.suspected_target} (true "
+                   f"{'-' if row.true_target is None else row.true_target})  {row.seconds:.0f} s")
+
+    rows = run_verdicts(cases, defense_size=defense_size, seed=seed, provider=provider, on_row=show)
+    summary = verdict_summary(rows)
+    click.echo(f"\nflagged {summary['flagged']} of {summary['backdoored']} backdoored models; "
+               f"{summary['false_alarms']} false alarms on {summary['clean']} clean models")
+    machine = describe_machine(machine_info())
+    if out_path:
+        _write_text(out_path, verdict_markdown(rows, command=command, machine=machine))
+    if json_path:
+        _write_text(json_path, json.dumps({"command": command, "machine": machine, "summary": summary,
+                                           "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+
+
+onp_options = [
+    click.option("--data", "data_path", required=True, type=click.Path(),
+                 help="Clean labelled defense data (.npz or image folder); a few hundred images are enough."),
+    click.option("--max-ca-drop", type=float, default=2.0, show_default=True,
+                 help="Clean-accuracy budget in points, checked on held-out defense data."),
+    click.option("--budget", "steps", type=int, default=15, show_default=True,
+                 help="Agent training steps per round (each scores --masks-per-step masks)."),
+    click.option("--masks-per-step", type=int, default=8, show_default=True),
+    click.option("--rounds", type=int, default=3, show_default=True,
+                 help="Prune, re-synthesize the trigger against the pruned model, prune more while it is found."),
+    click.option("--gnn", type=click.Choice(["graphconv", "sage", "gat"]), default="graphconv", show_default=True),
+    click.option("--force", is_flag=True, help="Prune even when trigger synthesis finds no backdoor evidence."),
+    click.option("--report", "report_path", type=click.Path(dir_okay=False),
+                 help="Write the JSON report here (schema: README, 'The report')."),
+    click.option("--poisoned-data", type=click.Path(), help="Triggered test images (true labels) for ASR before/after."),
+    click.option("--target", type=int, help="The attack's target label (with --poisoned-data)."),
+    click.option("--test-data", type=click.Path(), help="Labelled test data for CA (and, with --spec, ASR) before/after."),
+    click.option("--quiet", "-q", is_flag=True, help="No progress bars (there are none anyway when stderr is not a terminal)."),
+]
+
+
 @main.command(epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", "data_path", required=True, type=click.Path(),
-              help="Clean labelled defense data (.npz or image folder); a few hundred images are enough.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the sanitized model.")
-@click.option("--max-ca-drop", type=float, default=2.0, show_default=True,
-              help="Clean-accuracy budget in points, checked on held-out defense data.")
-@click.option("--budget", "steps", type=int, default=15, show_default=True,
-              help="Agent training steps per round (each scores --masks-per-step masks).")
-@click.option("--masks-per-step", type=int, default=8, show_default=True)
-@click.option("--rounds", type=int, default=3, show_default=True,
-              help="Prune, re-synthesize the trigger against the pruned model, prune more while it is found.")
-@click.option("--gnn", type=click.Choice(["graphconv", "sage", "gat"]), default="graphconv", show_default=True)
-@click.option("--force", is_flag=True, help="Prune even when trigger synthesis finds no backdoor evidence.")
 @click.option("--shrink", is_flag=True, help="Remove the pruned channels physically.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write the JSON report here.")
-@click.option("--poisoned-data", type=click.Path(), help="Audit mode: triggered test images for ASR before/after.")
-@click.option("--target", type=int, help="The attack's target label (with --poisoned-data).")
-@click.option("--test-data", type=click.Path(), help="Audit mode: labelled test data for CA (and, with --spec, ASR).")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+@click.option("--fail-on", type=click.Choice(["suspected", "unsanitizable", "never"]), default="unsanitizable",
+              show_default=True, help="Exit 10 when a backdoor is suspected (suspected), 11 when one cannot be "
+                                      "pruned within the budget (suspected, unsanitizable), or always 0 (never).")
+@_with(onp_options)
 @_with(data_options)
-def sanitize(model, data_path, output, max_ca_drop, steps, masks_per_step, rounds, gnn, force, shrink, report_path,
-             poisoned_data, target, test_data, preprocess_path, spec_path, limit, seed, provider, as_json):
+def sanitize(model, output, shrink, html_path, fail_on, **options):
     """Find and prune backdoor neurons with ONP; write the sanitized model and a report.
 
     Only the clean --data is used to decide. --spec/--poisoned-data/--test-data (audit mode) only add ASR and
-    CA before and after to the report.
+    CA before and after to the report. When a backdoor is suspected but cannot be pruned within the budget,
+    no model is written (exit 11).
     """
+    _run_onp("sanitize", model, output=output, shrink=shrink, html_path=html_path, fail_on=fail_on,
+             detect_only=False, **options)
+
+
+@main.command(epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+@click.option("--fail-on", type=click.Choice(["suspected", "unsanitizable", "never"]), default="suspected",
+              show_default=True, help="Exit 10 when a backdoor is suspected (suspected), 11 when one cannot be "
+                                      "pruned within the budget (suspected, unsanitizable), or always 0 (never).")
+@click.option("--detect-only", is_flag=True,
+              help="Verdict from trigger synthesis only; skip the pruning analysis (faster, less evidence).")
+@_with(onp_options)
+@_with(data_options)
+def audit(model, html_path, fail_on, detect_only, **options):
+    """Verdict on a model without writing one: 'backdoor suspected' or 'no backdoor evidence', with evidence.
+
+    Runs the same analysis as sanitize (trigger synthesis, then the pruning agent when a backdoor is
+    suspected) and reports what was found, the neurons that carry it and how much removing them changes the
+    model's answers. The input model is only read.
+    """
+    _run_onp("audit", model, output=None, shrink=False, html_path=html_path, fail_on=fail_on,
+             detect_only=detect_only, **options)
+
+
+def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only, data_path, max_ca_drop, steps,
+             masks_per_step, rounds, gnn, force, report_path, poisoned_data, target, test_data, quiet,
+             preprocess_path, spec_path, limit, seed, provider, as_json):
     from dataclasses import replace
 
     from onnx_onp.agent import TrainConfig
     from onnx_onp.data import Preprocess, Spec
     from onnx_onp.errors import DataError
     from onnx_onp.metrics import attack_scores, clean_accuracy, prepare, prepare_triggered
+    from onnx_onp.progress import for_terminal
+    from onnx_onp.report import gate_exit_code
     from onnx_onp.sanitize import SanitizeConfig, sanitize as run_sanitize
 
     if poisoned_data and target is None:
         raise DataError("--poisoned-data needs --target")
+    for path in (output, report_path, html_path):
+        if path and Path(path).exists() and Path(path).resolve() == Path(model).resolve():
+            raise click.UsageError(f"{path} is the input model: it is never overwritten")
     spec = Spec.load(spec_path) if spec_path else None
     dataset = _dataset(data_path, limit or 500, seed)
     base = SanitizeConfig()
     config = replace(base, max_ca_drop=max_ca_drop / 100, seed=seed, provider=provider, shrink=shrink, gnn=gnn,
-                     force=force, rounds=rounds, reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
+                     force=force, rounds=rounds, prune=not detect_only,
+                     reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
                      train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed))
 
-    def audit(evaluator, mask):
+    def audit_data(evaluator, mask):
         lm = evaluator.lm
         pre = _preprocess(lm, preprocess_path, spec)
         out = {}
@@ -414,53 +493,78 @@ def sanitize(model, data_path, output, max_ca_drop, steps, masks_per_step, round
             out["robust_accuracy"] = {"before": before.ra, "after": after.ra}
         return out or None
 
-    interactive = sys.stderr.isatty() and not as_json
-    bar = None
-    if interactive:
-        from tqdm import tqdm
-
-        bar = tqdm(total=rounds * steps, desc="ONP", unit="step", file=sys.stderr, leave=False)
-
-    def progress(stage, info=None):
-        if not interactive:
-            return
-        if stage == "train":
-            bar.update(1)
-            bar.set_postfix(reward=f"{info['best_reward']:.3f}", ca=f"{info['ca']:.3f}",
-                            asr=f"{info['asr']:.3f}", pruned=f"{info['pruned']:.0f}")
-        elif stage in ("suspect", "round"):
-            bar.write(f"{stage}: " + ", ".join(f"{k}={v}" for k, v in info.items()))
-
+    progress = for_terminal(quiet=quiet or as_json)
     pre = Preprocess.load(preprocess_path) if preprocess_path else (spec.preprocess if spec else None)
-    result = run_sanitize(model, dataset, pre, output, config=config,
-                          audit=audit if (test_data or poisoned_data) else None, progress=progress)
-    if bar is not None:
-        bar.close()
+    try:
+        result = run_sanitize(model, dataset, pre, output, config=config,
+                              audit=audit_data if (test_data or poisoned_data) else None, progress=progress)
+    finally:
+        progress.close()
     report = result.report
+    report["command"] = command
+    report["fail_on"] = fail_on
+    report["exit_code"] = gate_exit_code(report, fail_on)
     if report_path:
-        _write_text(report_path, json.dumps(report, indent=2, default=_json_default))
+        _write_text(report_path, json.dumps(report, indent=2, default=_json_default) + "\n")
+    if html_path:
+        from onnx_onp.report.html import render_html
 
-    def human(r):
-        ts = r["trigger_synthesis"]
-        click.echo(f"{r['status']}  (suspected target {ts['suspected_target']}, anomaly index {ts['anomaly_index']})")
-        ca = r["clean_accuracy_holdout"]
-        click.echo(f"held-out defense CA {100 * ca['before']:.2f}% -> {100 * ca['after']:.2f}%; "
-                   f"synthesized-trigger ASR {100 * r['synthesized_trigger_asr_holdout']['before']:.1f}% -> "
-                   f"{100 * r['synthesized_trigger_asr_holdout']['after']:.1f}%")
-        click.echo(f"pruned {r['pruned']['neurons']} neurons in {r['pruned']['groups']} groups")
-        for layer, units in r["pruned"]["per_layer"].items():
-            click.echo(f"  {layer}: {', '.join(map(str, units))}")
-        for key, label in (("clean_accuracy", "test CA"), ("attack_success_rate", "test ASR")):
-            if r.get("audit") and key in r["audit"]:
-                a = r["audit"][key]
-                click.echo(f"audit: {label} {100 * a['before']:.2f}% -> {100 * a['after']:.2f}%")
-        if "output" in r:
-            click.echo(f"wrote {r['output']['path']} (max |difference| to the masked evaluation "
-                       f"{r['output']['max_abs_diff']:.1e})")
-        s = r["seconds"]
-        click.echo(f"{s['total']:.1f} s ({100 * s['onnxruntime_share']:.0f}% in onnxruntime), provider {r['provider']}")
+        progress.stage("writing the HTML report")
+        _write_text(html_path, render_html(json.loads(json.dumps(report, default=_json_default))))
+        progress.close()
+    _emit(as_json, report, lambda r: _print_outcome(r, output))
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    if report["exit_code"]:
+        sys.exit(report["exit_code"])
 
-    _emit(as_json, report, human)
+
+def _print_outcome(r, output) -> None:
+    v = r["verdict"]
+    click.echo(f"verdict: {v['verdict']}  (suspected target {v['suspected_target']}, anomaly index "
+               f"{v['anomaly_index']:.2f}, threshold {v['threshold']})")
+    click.echo(f"outcome: {r['status']}")
+    ca = r["clean_accuracy_holdout"]
+    click.echo(f"held-out defense CA {100 * ca['before']:.2f}% -> {100 * ca['after']:.2f}%; "
+               f"synthesized-trigger ASR {100 * r['synthesized_trigger_asr_holdout']['before']:.1f}% -> "
+               f"{100 * r['synthesized_trigger_asr_holdout']['after']:.1f}%; "
+               f"{100 * r['prediction_agreement_holdout']:.1f}% of held-out predictions unchanged")
+    click.echo(f"pruned {r['pruned']['neurons']} neurons in {r['pruned']['groups']} groups")
+    for layer, units in r["pruned"]["per_layer"].items():
+        click.echo(f"  {layer}: {', '.join(map(str, units))}")
+    for key, label in (("clean_accuracy", "test CA"), ("attack_success_rate", "test ASR")):
+        if r.get("audit") and key in r["audit"]:
+            a = r["audit"][key]
+            click.echo(f"audit: {label} {100 * a['before']:.2f}% -> {100 * a['after']:.2f}%")
+    if "output" in r:
+        click.echo(f"wrote {r['output']['path']} (max |difference| to the masked evaluation "
+                   f"{r['output']['max_abs_diff']:.1e})")
+    elif output:
+        click.echo(f"no model written to {output}: {r['status']}")
+    s = r["seconds"]
+    click.echo(f"{s['total']:.1f} s ({100 * s['onnxruntime_share']:.0f}% in onnxruntime), provider {r['provider']}; "
+               f"exit code {r['exit_code']}")
+
+
+@main.command("report", epilog=EPILOG)
+@click.argument("report_json", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the HTML.")
+def report_command(report_json, output):
+    """Turn a saved JSON report (from sanitize or audit --report) into the HTML report."""
+    from onnx_onp.errors import DataError
+    from onnx_onp.report import validate_report
+    from onnx_onp.report.html import render_html
+
+    try:
+        report = json.loads(Path(report_json).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{report_json}: not a readable JSON report ({exc})") from None
+    try:
+        validate_report(report)
+    except Exception as exc:  # jsonschema.ValidationError: say where, in one line
+        raise DataError(f"{report_json}: not an onnx-onp report: {str(exc).splitlines()[0]}") from None
+    _write_text(output, render_html(report))
+    click.echo(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,12 @@ class MaskError(OnpError):
     kind = "bad-mask"
 
 
+# Gate outcomes (not errors): what `sanitize` and `audit` return for their verdict, by --fail-on.
+GATE_SUSPECTED = 10
+GATE_UNSANITIZABLE = 11
+
 EXIT_CODES = {
-    0: "success",
+    0: "success (sanitize, audit: nothing that --fail-on fails on)",
     1: "internal error (a bug: please report it with --debug output)",
     2: "usage error (unknown option, missing argument)",
     ModelFileError.exit_code: "model file is not ONNX, truncated or corrupt",
@@ -66,4 +70,6 @@ EXIT_CODES = {
     DataError.exit_code: "dataset unreadable, empty, wrong shape or labels out of range",
     OutputError.exit_code: "output cannot be written or failed verification",
     MaskError.exit_code: "neuron list or mask file does not fit the model",
+    GATE_SUSPECTED: "backdoor suspected (with --fail-on suspected)",
+    GATE_UNSANITIZABLE: "backdoor suspected and cannot be pruned within the clean-accuracy budget",
 }

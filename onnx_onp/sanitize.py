@@ -23,6 +23,10 @@ from .load import load_model
 from .metrics import Prepared, default_preprocess, prepare
 from .mirror import TorchMirror
 from .neuron_map import build_neuron_map
+from .progress import Silent
+from .report.schema import SCHEMA_NAME, SCHEMA_VERSION
+from .report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_SANITIZED, STATUS_UNSANITIZABLE,
+                             layer_detail, verdict_of)
 from .signals.features import compute_signals
 from .signals.synthesis import SynthesisConfig, spatial_axes, synthesize
 
@@ -33,6 +37,8 @@ class SanitizeConfig:
     holdout: float = 0.3  # share of the defense data kept out of training to check clean accuracy
     anomaly_threshold: float = 2.0  # below it: no backdoor evidence, nothing is pruned (unless force)
     force: bool = False
+    min_defense_accuracy: float = 0.5  # below it the report warns: wrong preprocessing or labels, most likely
+    prune: bool = True  # False: stop after trigger synthesis (a verdict only: `audit --detect-only`)
     gnn: str = "graphconv"
     prior: dict = field(default_factory=lambda: {"act_shift": 1.0, "blc": 1.0, "lipschitz": 0.5})  # policy warm start
     refine_triggers: int = 2  # fresh syntheses of the suspect's trigger used by the reward
@@ -80,9 +86,14 @@ def sanitize(model_path, dataset: Dataset, preprocess: Preprocess | None, output
     """Find and prune backdoor neurons, write the model (when ``output`` is given) and a report.
 
     ``audit(evaluator, mask)`` may add ASR numbers to the report after the decision is made (it never
-    influences it). ``progress(stage, info)`` is called as stages advance.
+    influences it). ``progress`` (see ``onnx_onp.progress``) hears about every stage.
+    The model is not written when a backdoor is suspected but no pruning within the budget was found: a
+    file under the sanitized name that is not sanitized would mislead whoever ships it.
     """
+    progress = progress or Silent()
     timer = _Timer()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    progress.stage("loading the model and the defense data")
     lm = load_model(model_path)
     nmap = build_neuron_map(lm)
     preprocess = preprocess or default_preprocess(lm)
@@ -91,7 +102,9 @@ def sanitize(model_path, dataset: Dataset, preprocess: Preprocess | None, output
     timer.lap("load_and_map")
     mask, report = find_backdoor_mask(lm, nmap, defense, evaluator, config, layout=preprocess.layout,
                                       progress=progress, timer=timer)
-    if output is not None:
+    report["started_at"] = started
+    if output is not None and report["status"] in (STATUS_CLEAN, STATUS_SANITIZED):
+        progress.stage("writing and checking the sanitized model")
         written = export_pruned(lm, nmap, mask, output, shrink=config.shrink, check_inputs=defense.x[:256],
                                 evaluator=evaluator)
         report["output"] = {"path": str(written.path), "shrunk": written.shrunk,
@@ -99,8 +112,10 @@ def sanitize(model_path, dataset: Dataset, preprocess: Preprocess | None, output
                             "bytes_after": written.bytes_after}
         timer.lap("export")
     if audit is not None:
+        progress.stage("audit: measuring on the test data")
         report["audit"] = audit(evaluator, mask)
         timer.lap("audit")
+    progress.close()
     total = sum(timer.phases.values())
     report["seconds"] = {"total": round(total, 2), **timer.phases,
                          "onnxruntime": round(evaluator.seconds_in_runtime, 2),
@@ -122,49 +137,60 @@ def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
 
 
 def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, timer):
-    say = progress or (lambda stage, info=None: None)
+    progress = progress or Silent()
     timer = timer or _Timer()
     layout = layout or Preprocess.infer_layout(lm.input_shape)
     torch.manual_seed(config.seed)
     train, holdout = _split(defense, config.holdout, config.seed)
     mirror = TorchMirror(lm, nmap)
-    say("loaded", {"groups": nmap.num_groups, "prunable": int(nmap.prunable.sum()), "provider": evaluator.provider})
 
+    progress.stage("trigger synthesis, one candidate per class", total=lm.num_classes)
     synthesis = synthesize(mirror, train.x, train.y, lm.num_classes, layout, config.synthesis,
-                           progress=lambda c: say("synthesis", {"class": c}))
+                           progress=lambda c: progress.advance())
     timer.lap("trigger_synthesis")
     target = synthesis.suspect
     suspected = synthesis.anomaly_index >= config.anomaly_threshold
-    say("suspect", {"target": target, "anomaly_index": synthesis.anomaly_index})
+    progress.note(f"suspected target {target}, anomaly index {synthesis.anomaly_index:.2f} "
+                  f"({'backdoor suspected' if suspected else 'no backdoor evidence'})")
     axes = spatial_axes(layout)
     # Others' mask norms: a trigger for the target much smaller than these means the backdoor is still there.
     others_median = float(np.median([n for c, n in enumerate(synthesis.norms) if c != target]))
     report = {
+        "schema": {"name": SCHEMA_NAME, "version": SCHEMA_VERSION},
         "tool": {"name": "onnx-onp", "version": __version__},
         "model": lm.describe(), "provider": evaluator.provider, "seed": config.seed,
         "config": _config_dict(config),
         "defense_data": {"samples": len(defense), "train": len(train), "holdout": len(holdout)},
         "neuron_map": {k: v for k, v in nmap.summary().items() if k != "layers"},
         "trigger_synthesis": {"suspected_target": target, "anomaly_index": round(synthesis.anomaly_index, 3),
+                              "threshold": config.anomaly_threshold,
                               "mask_l1_per_class": [round(n, 2) for n in synthesis.norms],
+                              "success_per_class": [round(c.success, 3) for c in synthesis.candidates],
                               "seconds": round(synthesis.seconds, 2)},
         "backdoor_suspected": bool(suspected),
     }
     mask = nmap.empty_mask()
     triggers = []
     rounds = []
+    reward_curve = []
+    first = None  # the first round's policy, signals and graphs: later rounds only add to its mask
     train_result = decision = None
-    if suspected or config.force:
+    act = (suspected or config.force) and config.prune
+    if act:
         # Refine the suspect's trigger from fresh starts: several triggers make a reward the agent cannot
         # satisfy by breaking one synthetic pattern only.
+        progress.stage(f"refining class {target}'s trigger", total=config.refine_triggers)
         for k in range(config.refine_triggers):
             refined = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
                                  replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 1 + k),
                                  classes=[target])
             triggers.append(refined.candidates[0])
+            progress.advance()
         timer.lap("trigger_refinement")
         policy = None
         for round_index in range(config.rounds):
+            step = f"round {round_index + 1}/{config.rounds}"
+            progress.stage(f"{step}: neuron signals and graphs")
             train_env = _env(evaluator, train, triggers, target, axes, config.reward,
                              max_stamped=config.max_stamped, seed=config.seed, base_mask=mask)
             hold_env = _env(evaluator, holdout, triggers, target, axes, config.reward,
@@ -176,16 +202,23 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                 prior = {signals.names.index(name): weight for name, weight in config.prior.items()}
                 policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, kind=config.gnn, prior=prior)
             timer.lap("signals_and_graphs")
+            progress.stage(f"{step}: training the pruning agent", total=config.train.steps)
             train_cfg = TrainConfig(**{**asdict(config.train), "seed": config.seed + round_index})
-            train_result = train_policy(policy, batch, train_env, train_cfg, progress=lambda r: say("train", r))
+            train_result = train_policy(
+                policy, batch, train_env, train_cfg,
+                progress=lambda r: progress.advance(reward=r["best_reward"], ca=r["ca"], asr=r["asr"],
+                                                    pruned=int(r["pruned"])))
+            reward_curve += [{"round": round_index, **record} for record in train_result.history]
             timer.lap("agent_training")
-            if round_index == 0:
-                first_policy = [round(float(p), 4) for p in train_result.probabilities]
+            if first is None:
+                first = (train_result.probabilities, signals, graphs)
+            progress.stage(f"{step}: choosing the mask on held-out data")
             decision = choose_mask(train_env, hold_env, train_result.tried, train_result.probabilities,
                                    nmap.prunable, max_ca_drop=config.max_ca_drop,
                                    extra=signal_masks(nmap, signals))
             mask = decision.mask
             # Can the backdoor still be found in the pruned model? Re-synthesize against it.
+            progress.stage(f"{step}: re-synthesizing the trigger against the pruned model")
             keep = torch.from_numpy((~mask).astype(np.float32))
             again = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
                                replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 100 + round_index),
@@ -198,35 +231,55 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                            "resynthesized_mask_l1": round(again.mask_l1, 2),
                            "resynthesized_success": round(again.success, 3),
                            "backdoor_still_found": bool(still_there)})
-            say("round", rounds[-1])
+            progress.note(f"{step}: {int(mask.sum())} groups pruned; re-synthesized trigger "
+                          f"{'still found' if still_there else 'no longer found'}")
             if not still_there:
                 break
             triggers.append(again)
+        probabilities, signals, graphs = first
         report["signals"] = {"names": list(signals.names), "graphs": len(graphs),
-                             "nodes": int(batch.num_nodes), "edges": int(batch.edge_index.shape[1])}
+                             "nodes": int(sum(g.num_nodes for g in graphs)),
+                             "edges": int(sum(g.edge_index.shape[1] for g in graphs))}
         report["pruned_signals"] = {nmap.label(nmap.groups[g].neurons[0]): signals.for_group(int(g))
                                     for g in np.flatnonzero(mask)}
         report["rounds"] = rounds
-        # The first round's policy: later rounds only add to its mask, so theirs say little about a layer.
-        report["policy_probabilities"] = first_policy
+        report["policy_probabilities"] = [round(float(p), 4) for p in probabilities]
+        report["most_affected_layer"] = layer_detail(lm, nmap, mask, probabilities, signals, graphs)
     else:
         hold_env = _env(evaluator, holdout, [synthesis.best], target, axes, config.reward,
                         max_stamped=config.max_stamped, seed=config.seed)
+    progress.stage("checking the decision on held-out defense data")
     after_hold = hold_env.score(mask[None])[0]
     report["clean_accuracy_holdout"] = {"before": hold_env.ca0, "after": after_hold.ca,
                                         "drop": round(hold_env.ca0 - after_hold.ca, 4)}
     report["synthesized_trigger_asr_holdout"] = {"before": hold_env.asr0, "after": after_hold.asr}
+    # How much pruning changes the model's answers on clean images: a sanitizer should change few.
+    before = evaluator.logits(holdout.x).argmax(axis=1)
+    after = evaluator.logits(holdout.x, mask).argmax(axis=1)
+    report["prediction_agreement_holdout"] = round(float((before == after).mean()), 4) if len(before) else 1.0
+    report["warnings"] = []
+    if hold_env.ca0 < config.min_defense_accuracy:
+        report["warnings"].append(
+            f"the model classifies only {100 * hold_env.ca0:.1f}% of the held-out defense data correctly: check the "
+            f"preprocessing (--preprocess or --spec) and the labels; a verdict on data the model cannot read means "
+            f"little")
     report["within_budget"] = bool(hold_env.ca0 - after_hold.ca <= config.max_ca_drop + 1e-9)
-    report["status"] = ("no backdoor evidence: nothing pruned" if not (suspected or config.force) else
-                        "sanitized" if mask.any() else "cannot sanitize within the clean-accuracy budget")
+    report["status"] = (STATUS_CLEAN if not (suspected or config.force) else
+                        STATUS_DETECT_ONLY if not config.prune else
+                        STATUS_SANITIZED if mask.any() else STATUS_UNSANITIZABLE)
     report["pruned"] = {"groups": int(mask.sum()), "neurons": int(sum(len(nmap.groups[g].neurons)
                                                                       for g in np.flatnonzero(mask))),
-                        "per_layer": nmap.pruned_neurons(mask)}
+                        "per_layer": nmap.pruned_neurons(mask),
+                        "per_layer_counts": [{"layer": layer.name, "op": layer.op_type, "neurons": layer.size,
+                                              "pruned": int(mask[nmap.neuron_group[layer.first_neuron:
+                                                                                   layer.first_neuron + layer.size]].sum())}
+                                             for layer in nmap.layers]}
     if train_result is not None:
-        report["reward_curve"] = train_result.history
+        report["reward_curve"] = reward_curve
         report["evaluations"] = train_env.evaluations + hold_env.evaluations
         report["decision"] = {"candidates_checked": decision.candidates_checked,
                               "within_budget": decision.within_budget}
+    report["verdict"] = verdict_of(report)
     return mask, report
 
 

@@ -34,3 +34,25 @@ def cifar_images(n: int) -> np.ndarray:
 
 def cifar_labels(n: int) -> np.ndarray:
     return _cifar_test()[1][:n]
+
+
+TINY = FIXTURES / "models" / "tiny_badnet_cifar10"
+
+
+@pytest.fixture(scope="session")
+def tiny_sanitized(tmp_path_factory):
+    """One `onnx-onp sanitize` of the committed tiny BadNets fixture, shared by the ONP and report tests.
+
+    Clean training data only decides; --spec and --test-data only add the audit numbers.
+    """
+    from click.testing import CliRunner
+
+    from onnx_onp_cli.main import main
+
+    folder = tmp_path_factory.mktemp("tiny_sanitized")
+    paths = {"model": folder / "clean.onnx", "json": folder / "report.json", "html": folder / "report.html"}
+    result = CliRunner().invoke(main, [
+        "sanitize", str(need(TINY.with_suffix(".onnx"))), "--data", str(need(DATA / "cifar10_train.npz")),
+        "--spec", str(TINY.with_suffix(".json")), "--test-data", str(need(DATA / "cifar10_test.npz")),
+        "-o", str(paths["model"]), "--report", str(paths["json"]), "--html", str(paths["html"])])
+    return result, paths

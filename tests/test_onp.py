@@ -129,15 +129,12 @@ def test_policy_training_is_repeatable(tiny):
     assert not np.array_equal(masks_a, masks_c)
 
 
-def test_sanitize_end_to_end_removes_the_backdoor(tmp_path):
+def test_sanitize_end_to_end_removes_the_backdoor(tiny_sanitized):
     """The committed tiny BadNets fixture: ASR must fall far, CA stay within budget, with clean data only."""
-    spec_path = need(TINY.with_suffix(".json"))
-    out, report_path = tmp_path / "clean.onnx", tmp_path / "report.json"
-    result = CliRunner().invoke(main, [
-        "sanitize", str(TINY.with_suffix(".onnx")), "--data", str(need(DATA / "cifar10_train.npz")),
-        "--spec", str(spec_path), "-o", str(out), "--report", str(report_path), "--json"])
+    result, paths = tiny_sanitized
+    spec_path, out = TINY.with_suffix(".json"), paths["model"]
     assert result.exit_code == 0, result.output
-    report = json.loads(report_path.read_text())
+    report = json.loads(paths["json"].read_text())
     assert report["backdoor_suspected"] and report["trigger_synthesis"]["suspected_target"] == 0
     assert report["status"] == "sanitized" and report["within_budget"]
     # Measure the written model on test data the run never saw.

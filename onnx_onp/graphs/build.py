@@ -98,6 +98,7 @@ def build_graphs(lm: LoadedModel, nmap: NeuronMap, signals: GroupSignals,
                            edge_index=torch.tensor([src, dst], dtype=torch.long).reshape(2, -1),
                            edge_weight=torch.tensor(weight, dtype=torch.float32),
                            group=torch.tensor(group, dtype=torch.long), layer=layer.name,
+                           own_groups=torch.tensor(own, dtype=torch.long),
                            context_groups=torch.tensor(inputs, dtype=torch.long)))
     return graphs
 

@@ -1,0 +1,87 @@
+"""The audit verdict measured over the benchmark: how many backdoored models are flagged, how many clean ones.
+
+`onnx-onp bench --verdicts` runs `audit --detect-only` on every case with the same defense data as the
+defense benchmark (``defense_size`` seeded clean training images). The verdict depends only on trigger
+synthesis, which runs before any pruning with the same seed and data split, so a full `audit` gives the same
+verdict; --detect-only only skips the pruning evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+
+from ..data import Spec
+from ..sanitize import SanitizeConfig, sanitize
+from .cases import Case, DataSplits
+
+
+@dataclass
+class VerdictRow:
+    case: str
+    family: str
+    attack: str
+    backdoored: bool
+    true_target: int | None
+    verdict: str
+    anomaly_index: float
+    suspected_target: int
+    defense_ca: float
+    seconds: float
+
+    @property
+    def flagged(self) -> bool:
+        return self.verdict == "backdoor suspected"
+
+
+def _attack(case: Case) -> tuple[str, bool]:
+    spec = json.loads(case.spec.read_text())
+    attack = str(spec.get("attack") or (spec.get("training") or {}).get("attack") or "unknown")
+    return attack, not attack.lower().startswith("none")
+
+
+def run_verdicts(cases: list[Case], *, defense_size: int = 500, seed: int = 0, provider: str = "auto",
+                 on_row=None) -> list[VerdictRow]:
+    splits = DataSplits()
+    config = replace(SanitizeConfig(), prune=False, seed=seed, provider=provider)
+    rows = []
+    for case in cases:
+        spec = Spec.load(case.spec)
+        defense, _ = splits.defense_and_test(case.dataset, defense_size, seed)
+        start = time.perf_counter()
+        report = sanitize(case.model, defense, spec.preprocess, None, config=config).report
+        attack, backdoored = _attack(case)
+        row = VerdictRow(case.name, case.family, attack, backdoored, spec.target if backdoored else None,
+                         report["verdict"]["verdict"], report["verdict"]["anomaly_index"],
+                         report["verdict"]["suspected_target"], report["clean_accuracy_holdout"]["before"],
+                         round(time.perf_counter() - start, 1))
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def verdict_summary(rows: list[VerdictRow]) -> dict:
+    backdoored = [r for r in rows if r.backdoored]
+    clean = [r for r in rows if not r.backdoored]
+    flagged = [r for r in backdoored if r.flagged]
+    return {"backdoored": len(backdoored), "flagged": len(flagged),
+            "target_right": sum(r.suspected_target == r.true_target for r in flagged),
+            "clean": len(clean), "false_alarms": sum(r.flagged for r in clean),
+            "missed": [r.case for r in backdoored if not r.flagged]}
+
+
+def verdict_markdown(rows: list[VerdictRow], *, command: str, machine: str) -> str:
+    s = verdict_summary(rows)
+    lines = [f"Command: `{command}`  ", f"Machine: {machine}", "",
+             f"**Backdoored models flagged: {s['flagged']} of {s['backdoored']}** (suspected target right on "
+             f"{s['target_right']} of those); **false alarms on clean models: {s['false_alarms']} of {s['clean']}**."
+             + (f" Missed: {', '.join(s['missed'])}." if s["missed"] else ""), "",
+             "| case | attack | verdict | anomaly index | suspected target | true target | defense CA | seconds |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.case} | {r.attack} | {'**' + r.verdict + '**' if r.flagged else r.verdict} | "
+                     f"{r.anomaly_index:.2f} | {r.suspected_target} | "
+                     f"{'–' if r.true_target is None else r.true_target} | {100 * r.defense_ca:.1f}% | {r.seconds:.0f} |")
+    return "\n".join(lines) + "\n"

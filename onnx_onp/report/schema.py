@@ -1,0 +1,109 @@
+"""The JSON report's schema: versioned, published as docs/report-schema.json, checked in the tests.
+
+Version rules: a field added is a minor bump (1.0 -> 1.1: old readers keep working); a field removed,
+renamed or changed in meaning is a major bump. ``python -m onnx_onp.report.schema`` prints the schema.
+"""
+
+from __future__ import annotations
+
+import json
+
+SCHEMA_NAME = "onnx-onp-report"
+SCHEMA_VERSION = "1.0"
+
+_number = {"type": "number"}
+_share = {"type": "number", "minimum": 0, "maximum": 1}
+_before_after = {"type": "object", "required": ["before", "after"],
+                 "properties": {"before": _share, "after": _share}}
+
+REPORT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": f"https://onnx-onp.invalid/schema/report-{SCHEMA_VERSION}.json",
+    "title": "onnx-onp sanitize/audit report",
+    "type": "object",
+    "required": ["schema", "tool", "command", "model", "provider", "seed", "started_at", "verdict", "status",
+                 "backdoor_suspected", "trigger_synthesis", "defense_data", "clean_accuracy_holdout",
+                 "prediction_agreement_holdout", "within_budget", "warnings", "pruned", "seconds", "exit_code"],
+    "properties": {
+        "schema": {"type": "object", "required": ["name", "version"],
+                   "properties": {"name": {"const": SCHEMA_NAME},
+                                  "version": {"type": "string", "pattern": r"^1\.\d+$"}}},
+        "tool": {"type": "object", "required": ["name", "version"],
+                 "properties": {"name": {"const": "onnx-onp"}, "version": {"type": "string"}}},
+        "command": {"enum": ["sanitize", "audit"], "description": "which command wrote the report"},
+        "model": {"type": "object", "required": ["path", "sha256", "producer", "opset", "input", "output"],
+                  "properties": {"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                 "producer": {"type": "string"}, "opset": {"type": ["integer", "null"]},
+                                 "path": {"type": ["string", "null"]},
+                                 "output": {"type": "object", "required": ["classes"],
+                                            "properties": {"classes": {"type": "integer", "minimum": 2}}}}},
+        "provider": {"type": "string", "description": "the onnxruntime provider that really ran"},
+        "seed": {"type": "integer"},
+        "started_at": {"type": "string", "description": "UTC, ISO 8601"},
+        "verdict": {
+            "type": "object",
+            "required": ["verdict", "rule", "suspected_target", "anomaly_index", "threshold", "carrier_neurons",
+                         "prediction_agreement_holdout"],
+            "properties": {"verdict": {"enum": ["backdoor suspected", "no backdoor evidence"]},
+                           "rule": {"type": "string"}, "suspected_target": {"type": "integer", "minimum": 0},
+                           "anomaly_index": _number, "threshold": _number,
+                           "target_trigger_l1": _number, "others_median_trigger_l1": {"type": ["number", "null"]},
+                           "carrier_neurons": {"type": "array", "items": {"type": "string"}},
+                           "prediction_agreement_holdout": {"type": ["number", "null"]}}},
+        "status": {"enum": ["no backdoor evidence: nothing pruned", "sanitized",
+                            "cannot sanitize within the clean-accuracy budget",
+                            "detection only: nothing pruned"]},
+        "backdoor_suspected": {"type": "boolean"},
+        "exit_code": {"type": "integer", "description": "what the command exited with (README, Exit codes)"},
+        "fail_on": {"enum": ["suspected", "unsanitizable", "never"]},
+        "trigger_synthesis": {
+            "type": "object", "required": ["suspected_target", "anomaly_index", "threshold", "mask_l1_per_class"],
+            "properties": {"mask_l1_per_class": {"type": "array", "items": _number, "minItems": 2},
+                           "success_per_class": {"type": "array", "items": _share}}},
+        "defense_data": {"type": "object", "required": ["samples", "train", "holdout"],
+                         "properties": {"samples": {"type": "integer", "minimum": 1}}},
+        "clean_accuracy_holdout": {"type": "object", "required": ["before", "after", "drop"],
+                                   "properties": {"before": _share, "after": _share, "drop": _number}},
+        "synthesized_trigger_asr_holdout": _before_after,
+        "prediction_agreement_holdout": _share,
+        "within_budget": {"type": "boolean"},
+        "warnings": {"type": "array", "items": {"type": "string"}},
+        "pruned": {
+            "type": "object", "required": ["groups", "neurons", "per_layer", "per_layer_counts"],
+            "properties": {
+                "groups": {"type": "integer", "minimum": 0}, "neurons": {"type": "integer", "minimum": 0},
+                "per_layer": {"type": "object",
+                              "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
+                "per_layer_counts": {"type": "array", "items": {
+                    "type": "object", "required": ["layer", "neurons", "pruned"],
+                    "properties": {"layer": {"type": "string"}, "neurons": {"type": "integer"},
+                                   "pruned": {"type": "integer"}}}}}},
+        "rounds": {"type": "array", "items": {"type": "object", "required": ["round", "pruned_groups"]}},
+        "reward_curve": {"type": "array", "items": {
+            "type": "object", "required": ["round", "step", "mean_reward", "best_reward"]}},
+        "policy_probabilities": {"type": "array", "items": _share},
+        "most_affected_layer": {"type": ["object", "null"], "required": ["layer", "units", "pruned",
+                                                                        "prune_probability"]},
+        "audit": {"type": ["object", "null"], "description": "measured on test data; never used to decide",
+                  "properties": {"clean_accuracy": _before_after, "attack_success_rate": _before_after,
+                                 "robust_accuracy": _before_after}},
+        "output": {"type": "object", "required": ["path", "shrunk", "max_abs_diff"]},
+        "seconds": {"type": "object", "required": ["total", "onnxruntime", "onnxruntime_share"],
+                    "properties": {"total": _number, "onnxruntime_share": _share}},
+    },
+}
+
+
+def validate_report(report: dict) -> None:
+    """Raise jsonschema.ValidationError when the report does not follow the schema."""
+    import jsonschema
+
+    jsonschema.validate(report, REPORT_SCHEMA, cls=jsonschema.Draft202012Validator)
+
+
+def schema_text() -> str:
+    return json.dumps(REPORT_SCHEMA, indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    print(schema_text(), end="")

@@ -1,0 +1,124 @@
+"""The verdict a gate branches on, the evidence behind it, and the exit code it maps to.
+
+Rule (README, "The verdict"): **backdoor suspected** when the smallest reverse-engineered trigger
+(Neural-Cleanse style, one candidate per class, clean data only) is an outlier among the classes: its
+anomaly index, the robust z-score of its mask's L1 norm below the median of all classes, is at least the
+threshold (2.0 by default, the usual NC cut-off). Otherwise: **no backdoor evidence**. Pruning never changes
+the verdict; it only adds evidence (which neurons carried the signal, how much the answers change).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GATE_SUSPECTED, GATE_UNSANITIZABLE
+
+SUSPECTED = "backdoor suspected"
+NO_EVIDENCE = "no backdoor evidence"
+
+STATUS_CLEAN = "no backdoor evidence: nothing pruned"
+STATUS_SANITIZED = "sanitized"
+STATUS_UNSANITIZABLE = "cannot sanitize within the clean-accuracy budget"
+STATUS_DETECT_ONLY = "detection only: nothing pruned"
+STATUSES = (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, STATUS_DETECT_ONLY)
+
+FAIL_ON = ("suspected", "unsanitizable", "never")
+
+RULE = ("backdoor suspected when the anomaly index of the smallest synthesized trigger (robust z-score of its "
+        "mask L1 norm below the median over classes) is at least {threshold}")
+
+
+def verdict_of(report: dict) -> dict:
+    """The verdict and its evidence, from a report's trigger synthesis (and pruning, when there was any)."""
+    ts = report["trigger_synthesis"]
+    suspected = ts["anomaly_index"] >= ts["threshold"]
+    norms = ts["mask_l1_per_class"]
+    target = ts["suspected_target"]
+    others = [n for c, n in enumerate(norms) if c != target]
+    pruned = report.get("pruned_signals", {})
+    # Neurons that carry the signal: the pruned ones whose activation the synthesized trigger shifts most.
+    carriers = sorted(pruned, key=lambda name: -pruned[name].get("act_shift", 0.0))[:10]
+    return {
+        "verdict": SUSPECTED if suspected else NO_EVIDENCE,
+        "rule": RULE.format(threshold=ts["threshold"]),
+        "suspected_target": target,
+        "anomaly_index": ts["anomaly_index"],
+        "threshold": ts["threshold"],
+        "target_trigger_l1": norms[target],
+        "others_median_trigger_l1": round(float(np.median(others)), 2) if others else None,
+        "carrier_neurons": carriers,
+        "prediction_agreement_holdout": report.get("prediction_agreement_holdout"),
+    }
+
+
+def gate_exit_code(report: dict, fail_on: str) -> int:
+    """0, GATE_SUSPECTED (10) or GATE_UNSANITIZABLE (11) for ``--fail-on suspected|unsanitizable|never``.
+
+    ``unsanitizable`` fails only when a suspected backdoor could not be pruned within the budget;
+    ``suspected`` fails on any suspicion (with the more specific 11 when it also could not be pruned).
+    """
+    if fail_on not in FAIL_ON:
+        raise ValueError(f"fail_on must be one of {FAIL_ON}, not {fail_on!r}")
+    if fail_on == "never":
+        return 0
+    if report["status"] == STATUS_UNSANITIZABLE:
+        return GATE_UNSANITIZABLE
+    if fail_on == "suspected" and report["verdict"]["verdict"] == SUSPECTED:
+        return GATE_SUSPECTED
+    return 0
+
+
+def layer_detail(lm, nmap, mask: np.ndarray, probabilities, signals, graphs, max_edges: int = 400) -> dict | None:
+    """What the HTML report draws for the layer where most neurons were pruned (ties: the deepest).
+
+    Per unit: ONP's first-round prune probability, CLP's channel Lipschitz bound, the mean clean activation
+    Fine-Pruning ranks by, and whether it was pruned; plus that layer's neuron graph (the strongest edges).
+    """
+    counts = [(int(mask[nmap.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]].sum()), layer.index)
+              for layer in nmap.layers]
+    best = max(counts, default=(0, -1))
+    if best[0] == 0:
+        return None
+    layer = nmap.layers[best[1]]
+    groups = nmap.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]
+    probabilities = np.asarray(probabilities, dtype=float)
+    detail = {
+        "layer": layer.name, "op": layer.op_type, "units": layer.size,
+        "unit_group": groups.tolist(),
+        "pruned": mask[groups].astype(bool).tolist(),
+        "prune_probability": np.round(probabilities[groups], 4).tolist(),
+        "lipschitz": np.round(signals["lipschitz"][groups], 5).tolist(),
+        "mean_clean_activation": np.round(signals["act_clean"][groups], 5).tolist(),
+        "activation_shift": np.round(signals["act_shift"][groups], 5).tolist(),
+        "graph": None,
+    }
+    graph = next((g for g in graphs if g.layer == layer.name), None)
+    if graph is not None:
+        own = graph.own_groups.tolist()
+        context = graph.context_groups.tolist()
+        nodes = [{"group": g, "layer_node": True, "pruned": bool(mask[g]),
+                  "label": nmap.label(nmap.groups[g].neurons[0])} for g in own] + \
+                [{"group": g, "layer_node": False, "pruned": bool(mask[g]),
+                  "label": nmap.label(nmap.groups[g].neurons[0])} for g in context]
+        src, dst = graph.edge_index.numpy()
+        weight = graph.edge_weight.numpy()
+        similarity = src < len(own)  # own -> own; connections run context -> own
+        touches = np.array([nodes[a]["pruned"] or nodes[b]["pruned"] for a, b in zip(src, dst)], dtype=bool)
+        # A readable drawing: every edge of a pruned neuron (its strongest 16 inputs), then the strongest rest.
+        keep = []
+        for node in np.flatnonzero([n["pruned"] and n["layer_node"] for n in nodes]):
+            into = np.flatnonzero((dst == node) & ~similarity)
+            keep += into[np.argsort(-weight[into])[:16]].tolist()
+        keep += np.flatnonzero(similarity & touches).tolist()
+        budget = max(0, max_edges - len(keep))
+        for kind, share in ((~similarity, 0.8), (similarity, 0.2)):
+            rest = np.flatnonzero(kind & ~touches)
+            keep += rest[np.argsort(-weight[rest])[:int(budget * share)]].tolist()
+        keep = sorted(set(keep), key=lambda i: weight[i])
+        detail["graph"] = {
+            "nodes": nodes,
+            "edges": [[int(src[i]), int(dst[i]), round(float(weight[i]), 4),
+                       "similarity" if similarity[i] else "connection"] for i in keep],
+            "edges_total": int(len(weight)),
+        }
+    return detail

@@ -1,0 +1,204 @@
+"""The audit report and the supply-chain gate: exit codes, the JSON schema, the HTML page, progress output."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import shutil
+
+import jsonschema
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnx_onp.errors import GATE_SUSPECTED, GATE_UNSANITIZABLE
+from onnx_onp.progress import Silent, TerminalProgress, for_terminal
+from onnx_onp.report import (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, gate_exit_code,
+                             validate_report)
+from onnx_onp.report.schema import schema_text
+from onnx_onp.report.verdict import STATUS_DETECT_ONLY
+from onnx_onp_cli.main import main
+
+from .conftest import DATA, REAL_MODELS, REPO, TINY, need
+
+
+def _run(args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_published_schema_is_the_one_the_code_checks():
+    """docs/report-schema.json is what readers build against: it must not drift from the code."""
+    assert (REPO / "docs" / "report-schema.json").read_text() == schema_text()
+
+
+def test_sanitize_report_follows_the_schema(tiny_sanitized):
+    result, paths = tiny_sanitized
+    report = json.loads(paths["json"].read_text())
+    validate_report(report)
+    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.0"}
+    assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
+    assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0
+    assert report["model"]["sha256"] == hashlib.sha256(TINY.with_suffix(".onnx").read_bytes()).hexdigest()
+    assert report["verdict"]["carrier_neurons"] and set(report["verdict"]["carrier_neurons"]) <= set(
+        report["pruned_signals"])
+    assert 0.5 < report["prediction_agreement_holdout"] <= 1.0
+    detail = report["most_affected_layer"]
+    assert sum(detail["pruned"]) == max(r["pruned"] for r in report["pruned"]["per_layer_counts"])
+    assert detail["graph"]["edges"] and any(n["pruned"] for n in detail["graph"]["nodes"])
+    assert {r["round"] for r in report["reward_curve"]} == set(range(len(report["rounds"])))
+    assert report["audit"]["attack_success_rate"]["after"] < report["audit"]["attack_success_rate"]["before"]
+
+
+def test_schema_rejects_broken_reports(tiny_sanitized):
+    report = json.loads(tiny_sanitized[1]["json"].read_text())
+    for breakage in (lambda r: r.pop("verdict"), lambda r: r.update(status="probably fine"),
+                     lambda r: r["model"].update(sha256="abc"), lambda r: r["schema"].update(version="2.0"),
+                     lambda r: r["clean_accuracy_holdout"].update(after=1.5)):
+        broken = copy.deepcopy(report)
+        breakage(broken)
+        with pytest.raises(jsonschema.ValidationError):
+            validate_report(broken)
+
+
+@pytest.mark.parametrize("status, verdict, fail_on, code", [
+    (STATUS_CLEAN, "no backdoor evidence", "suspected", 0),
+    (STATUS_CLEAN, "no backdoor evidence", "unsanitizable", 0),
+    (STATUS_SANITIZED, "backdoor suspected", "unsanitizable", 0),
+    (STATUS_SANITIZED, "backdoor suspected", "suspected", GATE_SUSPECTED),
+    (STATUS_SANITIZED, "backdoor suspected", "never", 0),
+    (STATUS_UNSANITIZABLE, "backdoor suspected", "unsanitizable", GATE_UNSANITIZABLE),
+    (STATUS_UNSANITIZABLE, "backdoor suspected", "suspected", GATE_UNSANITIZABLE),
+    (STATUS_UNSANITIZABLE, "backdoor suspected", "never", 0),
+    (STATUS_DETECT_ONLY, "backdoor suspected", "suspected", GATE_SUSPECTED),
+    (STATUS_DETECT_ONLY, "backdoor suspected", "unsanitizable", 0),
+])
+def test_gate_exit_code_for_every_outcome(status, verdict, fail_on, code):
+    assert gate_exit_code({"status": status, "verdict": {"verdict": verdict}}, fail_on) == code
+
+
+def test_audit_flags_the_backdoored_fixture_with_exit_10(tmp_path):
+    """`audit` writes no model, and --fail-on decides whether suspicion fails the job."""
+    args = ["audit", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_train.npz"), "--limit", 300,
+            "--spec", TINY.with_suffix(".json"), "--detect-only", "--report", tmp_path / "r.json"]
+    result = _run(args)
+    assert result.exit_code == GATE_SUSPECTED, result.output
+    assert "verdict: backdoor suspected" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    validate_report(report)
+    assert report["command"] == "audit" and report["status"] == STATUS_DETECT_ONLY and report["exit_code"] == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    assert _run(args + ["--fail-on", "never"]).exit_code == 0
+
+
+def test_audit_passes_a_clean_real_model_with_exit_0(tmp_path):
+    """A model trained without poisoning by someone else (sashank's clean twin): no false alarm."""
+    model = need(REAL_MODELS / "sashank_badnet_cifar10_clean.onnx")
+    result = _run(["audit", model, "--data", need(DATA / "cifar10_train.npz"), "--spec", model.with_suffix(".json"),
+                   "--detect-only", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["verdict"]["verdict"] == "no backdoor evidence" and report["status"] == STATUS_CLEAN
+
+
+def test_sanitize_that_finds_no_mask_within_budget_exits_11_and_writes_no_model(tmp_path, monkeypatch):
+    """When every candidate pruning breaks the accuracy budget, the suspected model must not be written under
+    the sanitized name. The decision is forced empty here; the rest of the pipeline runs for real."""
+    import onnx_onp.sanitize as pipeline
+
+    real_choose = pipeline.choose_mask
+
+    def nothing_within_budget(*args, **kwargs):
+        decision = real_choose(*args, **kwargs)
+        decision.mask[:] = False
+        decision.within_budget = False
+        return decision
+
+    monkeypatch.setattr(pipeline, "choose_mask", nothing_within_budget)
+    out = tmp_path / "sanitized.onnx"
+    result = _run(["sanitize", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_train.npz"), "--limit", 300,
+                   "--spec", TINY.with_suffix(".json"), "--budget", 2, "--masks-per-step", 4, "--rounds", 1,
+                   "-o", out, "--report", tmp_path / "r.json"])
+    assert result.exit_code == GATE_UNSANITIZABLE, result.output
+    assert not out.exists() and f"no model written to {out}" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    validate_report(report)
+    assert report["status"] == STATUS_UNSANITIZABLE and "output" not in report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def _browser() -> str | None:
+    return os.environ.get("ONP_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_html_report_renders_in_headless_chromium(tiny_sanitized, tmp_path):
+    """The page a person reads: every figure loads, nothing is fetched, no console errors, not blank."""
+    executable = _browser()
+    if executable is None:
+        if os.environ.get("ONP_REQUIRE_BROWSER"):
+            pytest.fail("ONP_REQUIRE_BROWSER is set but no Chromium was found")
+        pytest.skip("no Chromium on this machine (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    page_file = tiny_sanitized[1]["html"]
+    messages, requests = [], []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1000, "height": 900})
+        page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_file.as_uri(), wait_until="load")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        text = page.inner_text("body")
+        shot = page.screenshot(full_page=True, path=str(tmp_path / "report.png"))
+        browser.close()
+    assert not [m for m in messages if m.startswith(("error", "pageerror"))], messages
+    assert all(url.startswith(("file:", "data:")) for url in requests), requests  # self-contained
+    assert len(images) >= 5 and all(done and width > 100 for done, width in images), images
+    assert "Verdict: backdoor suspected" in text and "SHA-256" in text
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("L"), dtype=np.float64)
+    assert pixels.shape[0] > 2000 and pixels.std() > 20 and (pixels < 128).mean() > 0.01  # a real page, not blank
+
+
+def test_report_command_rebuilds_the_html_and_refuses_bad_input(tiny_sanitized, tmp_path):
+    saved = tiny_sanitized[1]["json"]
+    result = _run(["report", saved, "-o", tmp_path / "again.html"])
+    assert result.exit_code == 0, result.output
+    assert "Verdict: backdoor suspected" in (tmp_path / "again.html").read_text()
+    (tmp_path / "junk.json").write_text("{not json")
+    broken = json.loads(saved.read_text())
+    del broken["verdict"]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    for bad in ("junk.json", "broken.json"):
+        result = _run(["report", tmp_path / bad, "-o", tmp_path / "x.html"])
+        assert result.exit_code == 6 and result.output.startswith("error: ") and result.output.count("\n") == 1
+    result = _run(["report", saved, "-o", tmp_path / "missing" / "x.html"])
+    assert result.exit_code == 7
+    assert not (tmp_path / "x.html").exists() and not (tmp_path / "missing").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_only_on_a_terminal(tiny_sanitized):
+    assert isinstance(for_terminal(stream=io.StringIO()), Silent)  # a pipe or a CI log: no bars
+    assert type(for_terminal(quiet=True, stream=_Terminal())) is Silent
+    screen = _Terminal()
+    progress = for_terminal(stream=screen)
+    assert isinstance(progress, TerminalProgress)
+    progress.stage("trigger synthesis", total=3)
+    progress.advance(reward=0.5)
+    progress.note("suspected target 0")
+    progress.close()
+    shown = screen.getvalue()
+    assert "trigger synthesis" in shown and "suspected target 0" in shown and "reward=0.500" in shown
+    result, _ = tiny_sanitized  # the CLI under a test runner: not a terminal
+    assert "\r" not in result.output and "it/s" not in result.output
