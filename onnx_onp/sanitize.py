@@ -28,7 +28,7 @@ from .report.schema import SCHEMA_NAME, SCHEMA_VERSION
 from .report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_SANITIZED, STATUS_UNSANITIZABLE,
                              layer_detail, verdict_of)
 from .signals.features import compute_signals
-from .signals.synthesis import SynthesisConfig, spatial_axes, synthesize
+from .signals.synthesis import SynthesisConfig, amplify, spatial_axes, synthesize
 
 
 @dataclass
@@ -43,6 +43,7 @@ class SanitizeConfig:
     prior: dict = field(default_factory=lambda: {"act_shift": 1.0, "blc": 1.0, "lipschitz": 0.5})  # policy warm start
     refine_triggers: int = 2  # fresh syntheses of the suspect's trigger used by the reward
     refine_steps: int = 300
+    amplify_triggers: bool = True  # add a solid, saturated version of each refined trigger to the reward
     torch_threads: int | None = 1  # small graphs interpreted op by op: more threads mostly spin and wait
     max_stamped: int = 300  # trigger-stamped images per reward (the clean ones are all used)
     rounds: int = 3  # prune, re-synthesize against the pruned model, prune more while it is still found
@@ -185,6 +186,8 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                                  replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 1 + k),
                                  classes=[target])
             triggers.append(refined.candidates[0])
+            if config.amplify_triggers:
+                triggers.append(amplify(refined.candidates[0], train.x, layout))
             progress.advance()
         timer.lap("trigger_refinement")
         policy = None

@@ -120,3 +120,28 @@ def synthesize(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, num_classes: i
     suspect = int(np.argmax(index))
     return SynthesisResult(candidates=candidates, anomaly_index=float(index[suspect]), suspect=suspect,
                            seconds=time.perf_counter() - start, norms=norms.tolist())
+
+
+def amplify(candidate: TriggerCandidate, x: np.ndarray, layout: str, *, threshold: float = 0.3,
+            grow: int = 2) -> TriggerCandidate:
+    """A stronger version of a synthesized trigger: its mask made solid and grown by ``grow`` pixels, its
+    pattern pushed to the data's extremes.
+
+    Synthesis finds the *smallest* trigger that still works; a real trigger is usually larger and more
+    saturated, and reaches the target through more neurons. Pruning against the minimal trigger only can
+    leave the real one working (sashank's model: synthesized ASR 100 -> 6%, real ASR 97 -> 60%).
+    """
+    solid = (candidate.mask >= threshold).astype(np.float32)
+    if grow > 0 and solid.any():
+        grown = torch.nn.functional.max_pool2d(torch.from_numpy(solid)[None, None], 2 * grow + 1, 1, grow)
+        solid = grown[0, 0].numpy()
+    channel_axis = 1 if layout == "NCHW" else x.ndim - 1
+    others_axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+    shape = [1] * (x.ndim - 1)
+    shape[channel_axis - 1] = x.shape[channel_axis]
+    low = x.min(axis=others_axes).reshape(shape)
+    high = x.max(axis=others_axes).reshape(shape)
+    middle = (low + high) / 2
+    pattern = np.where(candidate.pattern >= middle, high, low).astype(candidate.pattern.dtype)
+    return TriggerCandidate(target=candidate.target, mask=solid, pattern=pattern, mask_l1=float(solid.sum()),
+                            success=candidate.success)
