@@ -67,11 +67,17 @@ class TorchMirror(torch.nn.Module):
             for site in nmap.mask_sites:
                 self.sites[site.tensor] = torch.from_numpy(site.groups.astype(np.int64))
         self.num_groups = nmap.num_groups if nmap is not None else 0
+        # A model that ends in Softmax gives probabilities; losses need the scores before it (cross-entropy on
+        # probabilities has almost no gradient: trigger synthesis failed on every class of such a model).
+        final = next((n for n in self.graph.node if self.lm.output_name in n.output), None)
+        self.logit_tensor = final.input[0] if final is not None and final.op_type == "Softmax" else self.lm.output_name
         for node in self.graph.node:
             if not hasattr(self, f"_op_{node.op_type}"):
                 raise UnsupportedModelError(f"the torch mirror does not support {node.op_type} ('{node.name}')")
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, *, capture: tuple[str, ...] = ()):
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, *, capture: tuple[str, ...] = (),
+                logits: bool = False):
+        """The model's output; with ``logits=True`` the scores before a final Softmax (for losses)."""
         values: dict[str, torch.Tensor] = dict(self.params)
         values[self.lm.input_name] = x
         captured = {}
@@ -88,7 +94,7 @@ class TorchMirror(torch.nn.Module):
                 values[name] = value
                 if name in capture:
                     captured[name] = value
-        out = values[self.lm.output_name]
+        out = values[self.logit_tensor if logits else self.lm.output_name]
         out = out.reshape(out.shape[0], -1)
         return (out, captured) if capture else out
 

@@ -62,7 +62,7 @@ def _pass(mirror, nmap, x, labels, batch_size):
     for start in range(0, len(x), batch_size):
         keep = torch.ones(nmap.num_groups, requires_grad=True)
         xb = torch.from_numpy(x[start:start + batch_size])
-        logits, captured = mirror(xb, keep, capture=sites)
+        logits, captured = mirror(xb, keep, capture=sites, logits=True)
         loss = F.cross_entropy(logits, torch.from_numpy(labels[start:start + batch_size]), reduction="sum")
         loss.backward()
         grad += -keep.grad.numpy()

@@ -102,7 +102,7 @@ def synthesize(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, num_classes: i
             mask = torch.sigmoid(mask_param)
             pattern = low + (torch.tanh(pattern_param) + 1) / 2 * (high - low)
             stamped = (1 - mask) * xt[pick] + mask * pattern
-            logits = mirror(stamped, keep)
+            logits = mirror(stamped, keep, logits=True)
             loss = F.cross_entropy(logits, labels) + weight * mask.sum()
             optimizer.zero_grad()
             loss.backward()
