@@ -18,10 +18,10 @@ from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.mirror import TorchMirror
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.signals.features import SIGNALS, GroupSignals, compute_signals
-from onnx_onp.signals.synthesis import SynthesisConfig, anomaly_indices, synthesize
+from onnx_onp.signals.synthesis import SynthesisConfig, TriggerCandidate, amplify, anomaly_indices, synthesize
 from onnx_onp_cli.main import main
 
-from .conftest import DATA, FIXTURES, need
+from .conftest import DATA, FIXTURES, REAL_MODELS, need
 from .test_neuron_map import _export, _inputs, _random_mask
 
 TINY = FIXTURES / "models" / "tiny_badnet_cifar10"
@@ -152,3 +152,28 @@ def test_sanitize_end_to_end_removes_the_backdoor(tiny_sanitized):
 def _loaded(path):
     lm = load_model(path)
     return lm, build_neuron_map(lm)
+
+
+def test_mirror_gives_the_scores_before_a_final_softmax():
+    """Losses need logits: a model that ends in Softmax (verazuo's) gets its pre-Softmax scores for them."""
+    path = need(REAL_MODELS / "verazuo_badnet_mnist.onnx")
+    lm = load_model(path)
+    mirror = TorchMirror(lm, build_neuron_map(lm))
+    x = torch.rand(8, 1, 28, 28) * 2 - 1
+    with torch.no_grad():
+        probabilities, scores = mirror(x), mirror(x, logits=True)
+    assert torch.allclose(probabilities.sum(1), torch.ones(8), atol=1e-5)  # the output really is Softmax
+    assert not torch.allclose(scores.sum(1), torch.ones(8), atol=1e-2)
+    assert torch.allclose(torch.softmax(scores, 1), probabilities, atol=1e-6)
+
+
+def test_amplified_trigger_is_solid_grown_and_saturated():
+    x = np.stack([np.full((3, 8, 8), v, np.float32) for v in (-1.0, 0.2, 1.0)])
+    mask = np.zeros((8, 8), np.float32)
+    mask[3, 4], mask[4, 4] = 0.9, 0.35
+    pattern = np.full((3, 8, 8), 0.3, np.float32)
+    pattern[1] = -0.4
+    strong = amplify(TriggerCandidate(0, mask, pattern, float(mask.sum()), 1.0), x, "NCHW", grow=1)
+    assert set(np.unique(strong.mask)) == {0.0, 1.0}
+    assert strong.mask[2:6, 3:6].all() and strong.mask.sum() == 12  # two pixels grown by one in each direction
+    assert np.all(strong.pattern[0] == 1.0) and np.all(strong.pattern[1] == -1.0)  # pushed to the data's range
