@@ -474,20 +474,33 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
                      reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
                      train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed))
 
-    def audit_data(evaluator, mask):
-        lm = evaluator.lm
+    # Test and poisoned data are read and checked against the model before the analysis: a gate must fail
+    # on bad input at once, not after minutes of work.
+    measured = {}
+    if test_data or poisoned_data:
+        from onnx_onp.load import load_model
+
+        lm = load_model(model)
         pre = _preprocess(lm, preprocess_path, spec)
-        out = {}
         if test_data:
-            clean = prepare(lm, _dataset(test_data, None, seed), pre, what=str(test_data))
+            measured["clean"] = prepare(lm, _dataset(test_data, None, seed), pre, what=str(test_data))
+        if poisoned_data:
+            measured["triggered"] = prepare(lm, _dataset(poisoned_data, None, seed), pre, what=str(poisoned_data))
+            measured["target"] = target
+        elif spec is not None and spec.trigger is not None and test_data:
+            measured["triggered"] = prepare_triggered(lm, _dataset(test_data, None, seed), spec, pre)
+            measured["target"] = spec.target
+        if measured.get("target") is not None and not 0 <= measured["target"] < lm.num_classes:
+            raise DataError(f"target {measured['target']} is out of range (the model has {lm.num_classes} classes)")
+
+    def audit_data(evaluator, mask):
+        out = {}
+        if "clean" in measured:
+            clean = measured["clean"]
             out["clean_accuracy"] = {"before": clean_accuracy(evaluator, clean),
                                      "after": clean_accuracy(evaluator, clean, mask), "samples": len(clean)}
-        triggered, tgt = None, None
-        if poisoned_data:
-            triggered, tgt = prepare(lm, _dataset(poisoned_data, None, seed), pre, what=str(poisoned_data)), target
-        elif spec is not None and spec.trigger is not None and test_data:
-            triggered, tgt = prepare_triggered(lm, _dataset(test_data, None, seed), spec, pre), spec.target
-        if triggered is not None:
+        if "triggered" in measured:
+            triggered, tgt = measured["triggered"], measured["target"]
             before, after = attack_scores(evaluator, triggered, tgt), attack_scores(evaluator, triggered, tgt, mask)
             out["attack_success_rate"] = {"before": before.asr, "after": after.asr, "samples": after.samples}
             out["robust_accuracy"] = {"before": before.ra, "after": after.ra}
@@ -497,7 +510,7 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
     pre = Preprocess.load(preprocess_path) if preprocess_path else (spec.preprocess if spec else None)
     try:
         result = run_sanitize(model, dataset, pre, output, config=config,
-                              audit=audit_data if (test_data or poisoned_data) else None, progress=progress)
+                              audit=audit_data if measured else None, progress=progress)
     finally:
         progress.close()
     report = result.report

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import time
 
 import jsonschema
 import numpy as np
@@ -18,6 +19,7 @@ from onnx_onp.errors import GATE_SUSPECTED, GATE_UNSANITIZABLE
 from onnx_onp.progress import Silent, TerminalProgress, for_terminal
 from onnx_onp.report import (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, gate_exit_code,
                              validate_report)
+from onnx_onp.report.html import render_html
 from onnx_onp.report.schema import schema_text
 from onnx_onp.report.verdict import STATUS_DETECT_ONLY
 from onnx_onp_cli.main import main
@@ -101,6 +103,31 @@ def test_audit_passes_a_clean_real_model_with_exit_0(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["verdict"]["verdict"] == "no backdoor evidence" and report["status"] == STATUS_CLEAN
+    validate_report(report)
+    page = render_html(report)  # the page without any pruning: no policy, graph or reward figures
+    assert "Verdict: no backdoor evidence" in page and page.count("<img") == 1
+
+
+def test_gate_commands_reject_bad_input_with_their_exit_codes(tmp_path):
+    """Bad input is never mistaken for a verdict: its own code, one line, no report left behind."""
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"this is not a protobuf")
+    wrong_shape = tmp_path / "mnist_like.npz"
+    np.savez(wrong_shape, x=np.zeros((10, 28, 28), np.uint8), y=np.zeros(10, np.int64))
+    cases = [(["audit", not_onnx, "--data", need(DATA / "cifar10_test.npz")], 3),
+             (["sanitize", not_onnx, "--data", need(DATA / "cifar10_test.npz"), "-o", tmp_path / "out.onnx"], 3),
+             (["audit", TINY.with_suffix(".onnx"), "--data", wrong_shape], 6),
+             (["audit", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_test.npz"),
+               "--poisoned-data", wrong_shape, "--target", 0], 6),
+             (["audit", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_test.npz"),
+               "--poisoned-data", need(DATA / "cifar10_test.npz"), "--target", 10], 6)]
+    for args, code in cases:
+        start = time.perf_counter()
+        result = _run(args + ["--report", tmp_path / "r.json", "-q"])
+        assert result.exit_code == code, (args, result.output)
+        assert time.perf_counter() - start < 30, "bad input must fail before the analysis runs"
+        assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_like.npz", "model.onnx"]
 
 
 def test_sanitize_that_finds_no_mask_within_budget_exits_11_and_writes_no_model(tmp_path, monkeypatch):
