@@ -48,10 +48,10 @@ def main(argv=None):
     clp_mask = DEFENSES["clp"](lm, nmap, defense).mask
     fp_mask = DEFENSES["fp"](lm, nmap, defense, evaluator=evaluator).mask
 
-    per_layer = [(int(onp_mask[nmap.neuron_group[l.first_neuron:l.first_neuron + l.size]].sum()), l.index)
+    per_layer = [(int(onp_mask[nmap.layer_groups(l)].sum()), l.index)
                  for l in nmap.layers]
     layer = nmap.layers[max(per_layer)[1]]
-    groups = nmap.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]
+    groups = nmap.layer_groups(layer)
     _, lipschitz = weight_signals(lm, nmap)
     activation = evaluator_activation(lm, nmap, layer, defense)
     units = np.arange(layer.size)

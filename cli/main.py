@@ -477,10 +477,11 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
     # Test and poisoned data are read and checked against the model before the analysis: a gate must fail
     # on bad input at once, not after minutes of work.
     measured = {}
+    loaded = model
     if test_data or poisoned_data:
         from onnx_onp.load import load_model
 
-        lm = load_model(model)
+        lm = loaded = load_model(model)  # handed on to the analysis: loaded once
         pre = _preprocess(lm, preprocess_path, spec)
         if test_data:
             measured["clean"] = prepare(lm, _dataset(test_data, None, seed), pre, what=str(test_data))
@@ -509,7 +510,7 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
     progress = for_terminal(quiet=quiet or as_json)
     pre = Preprocess.load(preprocess_path) if preprocess_path else (spec.preprocess if spec else None)
     try:
-        result = run_sanitize(model, dataset, pre, output, config=config,
+        result = run_sanitize(loaded, dataset, pre, output, config=config,
                               audit=audit_data if measured else None, progress=progress)
     finally:
         progress.close()
@@ -517,13 +518,14 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
     report["command"] = command
     report["fail_on"] = fail_on
     report["exit_code"] = gate_exit_code(report, fail_on)
+    report_text = json.dumps(report, indent=2, default=_json_default) + "\n"
     if report_path:
-        _write_text(report_path, json.dumps(report, indent=2, default=_json_default) + "\n")
+        _write_text(report_path, report_text)
     if html_path:
         from onnx_onp.report.html import render_html
 
         progress.stage("writing the HTML report")
-        _write_text(html_path, render_html(json.loads(json.dumps(report, default=_json_default))))
+        _write_text(html_path, render_html(json.loads(report_text)))  # the page shows exactly what the JSON says
         progress.close()
     _emit(as_json, report, lambda r: _print_outcome(r, output))
     for warning in report["warnings"]:

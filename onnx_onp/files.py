@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError
@@ -16,16 +17,21 @@ def ordinary_permissions(path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def atomic_write_text(path, text: str) -> None:
+@contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on any failure it is removed.
+
+    OSError becomes a one-line OutputError.
+    """
     target = Path(path)
     directory = target.parent if str(target.parent) else Path(".")
     if not directory.is_dir():
         raise OutputError(f"{path}: folder {directory} does not exist")
     try:
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(handle)
         try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                stream.write(text)
+            yield temporary
             ordinary_permissions(temporary)
             os.replace(temporary, target)
         except BaseException:
@@ -33,3 +39,8 @@ def atomic_write_text(path, text: str) -> None:
             raise
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def atomic_write_text(path, text: str) -> None:
+    with atomic_output(path) as temporary:
+        Path(temporary).write_text(text, encoding="utf-8")

@@ -20,6 +20,7 @@ from .export import export_pruned
 from .graphs import GraphConfig, batch_graphs, build_graphs
 from .instrument import MaskedEvaluator
 from .load import load_model
+from .load.loader import LoadedModel
 from .metrics import Prepared, default_preprocess, prepare
 from .mirror import TorchMirror
 from .neuron_map import build_neuron_map
@@ -82,9 +83,11 @@ def _split(data: Prepared, holdout: float, seed: int) -> tuple[Prepared, Prepare
     return (Prepared(data.x[order[:cut]], data.y[order[:cut]]), Prepared(data.x[order[cut:]], data.y[order[cut:]]))
 
 
-def sanitize(model_path, dataset: Dataset, preprocess: Preprocess | None, output=None, *,
+def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None, *,
              config: SanitizeConfig = SanitizeConfig(), audit=None, progress=None) -> SanitizeResult:
     """Find and prune backdoor neurons, write the model (when ``output`` is given) and a report.
+
+    ``model``: a path, or a LoadedModel the caller has already loaded.
 
     ``audit(evaluator, mask)`` may add ASR numbers to the report after the decision is made (it never
     influences it). ``progress`` (see ``onnx_onp.progress``) hears about every stage.
@@ -95,7 +98,7 @@ def sanitize(model_path, dataset: Dataset, preprocess: Preprocess | None, output
     timer = _Timer()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     progress.stage("loading the model and the defense data")
-    lm = load_model(model_path)
+    lm = model if isinstance(model, LoadedModel) else load_model(model)
     nmap = build_neuron_map(lm)
     preprocess = preprocess or default_preprocess(lm)
     defense = prepare(lm, dataset, preprocess, what="defense data")
@@ -274,8 +277,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                                                                       for g in np.flatnonzero(mask))),
                         "per_layer": nmap.pruned_neurons(mask),
                         "per_layer_counts": [{"layer": layer.name, "op": layer.op_type, "neurons": layer.size,
-                                              "pruned": int(mask[nmap.neuron_group[layer.first_neuron:
-                                                                                   layer.first_neuron + layer.size]].sum())}
+                                              "pruned": int(mask[nmap.layer_groups(layer)].sum())}
                                              for layer in nmap.layers]}
     if train_result is not None:
         report["reward_curve"] = reward_curve

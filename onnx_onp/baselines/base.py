@@ -63,8 +63,7 @@ def pruned_neuron_count(nmap: NeuronMap, mask: np.ndarray) -> int:
 
 def unit_groups(nmap: NeuronMap, layer_index: int) -> np.ndarray:
     """Group index of every unit of one layer."""
-    layer = nmap.layers[layer_index]
-    return nmap.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]
+    return nmap.layer_groups(nmap.layers[layer_index])
 
 
 @dataclass

@@ -48,7 +48,7 @@ def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_
     masks = []
     z = {name: np.zeros(nmap.num_groups) for name in names}
     for layer in nmap.layers:
-        groups = np.unique(nmap.neuron_group[layer.first_neuron:layer.first_neuron + layer.size])
+        groups = np.unique(nmap.layer_groups(layer))
         groups = groups[prunable[groups]]
         if len(groups) < 2:
             continue

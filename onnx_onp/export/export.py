@@ -10,8 +10,6 @@ written atomically and only after onnxruntime has confirmed that they compute wh
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OutputError, UnsupportedModelError
-from ..files import ordinary_permissions
+from ..files import atomic_output
 from ..instrument import MaskedEvaluator
 from ..load.loader import LoadedModel
 from ..neuron_map import NeuronMap
@@ -160,23 +158,12 @@ class WrittenModel:
 def write_model(model: onnx.ModelProto, path: Path) -> None:
     """Save atomically: a crash or a failed check never leaves a half-written file at ``path``."""
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise OutputError(f"{path}: folder {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    data_name = f"{path.name}.data"
-    try:
+    with atomic_output(path) as tmp:
         if sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD:
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name)
+                            location=f"{path.name}.data")
         else:
             onnx.save_model(model, tmp)
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: bool = False,

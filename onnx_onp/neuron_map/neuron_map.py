@@ -157,13 +157,18 @@ class NeuronMap:
                 result.setdefault(layer.name, []).append(neuron - layer.first_neuron)
         return {name: sorted(units) for name, units in result.items()}
 
+    def layer_groups(self, layer: Layer | str | int) -> np.ndarray:
+        """Group index of every unit of one layer (unit order)."""
+        layer = layer if isinstance(layer, Layer) else self.layer(layer)
+        return self.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]
+
     # -- summaries -------------------------------------------------------------------------------------------
 
     def summary(self) -> dict:
         prunable = self.prunable
         per_layer = []
         for layer in self.layers:
-            groups = self.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]
+            groups = self.layer_groups(layer)
             ok = prunable[groups]
             reasons = sorted({r for g in set(groups[~ok].tolist()) for r in self.groups[g].reasons})
             per_layer.append({

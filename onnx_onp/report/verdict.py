@@ -74,13 +74,12 @@ def layer_detail(lm, nmap, mask: np.ndarray, probabilities, signals, graphs, max
     Per unit: ONP's first-round prune probability, CLP's channel Lipschitz bound, the mean clean activation
     Fine-Pruning ranks by, and whether it was pruned; plus that layer's neuron graph (the strongest edges).
     """
-    counts = [(int(mask[nmap.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]].sum()), layer.index)
-              for layer in nmap.layers]
+    counts = [(int(mask[nmap.layer_groups(layer)].sum()), layer.index) for layer in nmap.layers]
     best = max(counts, default=(0, -1))
     if best[0] == 0:
         return None
     layer = nmap.layers[best[1]]
-    groups = nmap.neuron_group[layer.first_neuron:layer.first_neuron + layer.size]
+    groups = nmap.layer_groups(layer)
     probabilities = np.asarray(probabilities, dtype=float)
     detail = {
         "layer": layer.name, "op": layer.op_type, "units": layer.size,

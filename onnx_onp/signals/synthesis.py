@@ -59,6 +59,15 @@ def spatial_axes(layout: str) -> tuple[int, int]:
     return (2, 3) if layout == "NCHW" else (1, 2)
 
 
+def channel_range(x: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each channel's minimum and maximum over the data, shaped to broadcast against one image."""
+    channel_axis = 1 if layout == "NCHW" else x.ndim - 1
+    others_axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+    shape = [1] * (x.ndim - 1)
+    shape[channel_axis - 1] = x.shape[channel_axis]
+    return x.min(axis=others_axes).reshape(shape), x.max(axis=others_axes).reshape(shape)
+
+
 def anomaly_indices(norms: np.ndarray) -> np.ndarray:
     """Robust z-score of each norm below the median (positive = smaller than the others)."""
     median = np.median(norms)
@@ -78,12 +87,7 @@ def synthesize(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, num_classes: i
     h_axis, w_axis = spatial_axes(layout)
     height, width = x.shape[h_axis], x.shape[w_axis]
     # The pattern stays within each channel's range in the data (model-input space, after normalisation).
-    channel_axis = 1 if layout == "NCHW" else x.ndim - 1
-    others_axes = tuple(a for a in range(x.ndim) if a != channel_axis)
-    per_channel = [1] * (x.ndim - 1)
-    per_channel[channel_axis - 1] = x.shape[channel_axis]
-    low = torch.from_numpy(x.min(axis=others_axes).reshape(per_channel))
-    high = torch.from_numpy(x.max(axis=others_axes).reshape(per_channel))
+    low, high = map(torch.from_numpy, channel_range(x, layout))
     weight = config.mask_weight * (32 * 32) / (height * width)
     mask_shape = [1] * (x.ndim - 1)
     mask_shape[h_axis - 1], mask_shape[w_axis - 1] = height, width
@@ -135,12 +139,7 @@ def amplify(candidate: TriggerCandidate, x: np.ndarray, layout: str, *, threshol
     if grow > 0 and solid.any():
         grown = torch.nn.functional.max_pool2d(torch.from_numpy(solid)[None, None], 2 * grow + 1, 1, grow)
         solid = grown[0, 0].numpy()
-    channel_axis = 1 if layout == "NCHW" else x.ndim - 1
-    others_axes = tuple(a for a in range(x.ndim) if a != channel_axis)
-    shape = [1] * (x.ndim - 1)
-    shape[channel_axis - 1] = x.shape[channel_axis]
-    low = x.min(axis=others_axes).reshape(shape)
-    high = x.max(axis=others_axes).reshape(shape)
+    low, high = channel_range(x, layout)
     middle = (low + high) / 2
     pattern = np.where(candidate.pattern >= middle, high, low).astype(candidate.pattern.dtype)
     return TriggerCandidate(target=candidate.target, mask=solid, pattern=pattern, mask_l1=float(solid.sum()),
