@@ -29,7 +29,8 @@ from .report.schema import SCHEMA_NAME, SCHEMA_VERSION
 from .report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_SANITIZED, STATUS_UNSANITIZABLE,
                              layer_detail, verdict_of)
 from .signals.features import compute_signals
-from .signals.synthesis import SynthesisConfig, amplify, spatial_axes, synthesize
+from .signals.perturbation import PerturbationConfig, perturb_towards, scan
+from .signals.synthesis import SynthesisConfig, amplify, anomaly_indices, spatial_axes, synthesize
 
 
 @dataclass
@@ -53,6 +54,12 @@ class SanitizeConfig:
     provider: str = "auto"
     shrink: bool = False
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    # The second detector, run when trigger synthesis finds nothing (warping and whole-image triggers).
+    perturbation_scan: bool = True
+    perturbation_threshold: float = 3.0  # anomaly index of the target's share among the classes' shares
+    # ... and the share itself: on nets where no class moves (shares of 0-14%) the index alone is noise
+    perturbation_min_share: float = 0.5
+    perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -154,9 +161,22 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
     timer.lap("trigger_synthesis")
     target = synthesis.suspect
     suspected = synthesis.anomaly_index >= config.anomaly_threshold
-    progress.note(f"suspected target {target}, anomaly index {synthesis.anomaly_index:.2f} "
+    progress.note(f"trigger synthesis: suspected target {target}, anomaly index {synthesis.anomaly_index:.2f} "
                   f"({'backdoor suspected' if suspected else 'no backdoor evidence'})")
     axes = spatial_axes(layout)
+    detector = "trigger synthesis"
+    perturbation = None
+    if not suspected and config.perturbation_scan:
+        progress.stage("neuron-perturbation scan, one per class", total=lm.num_classes)
+        perturbation = scan(mirror, nmap.num_groups, train.x, train.y, lm.num_classes, config.perturbation,
+                            progress=lambda c: progress.advance())
+        timer.lap("perturbation_scan")
+        if (perturbation.anomaly_index >= config.perturbation_threshold
+                and perturbation.best.share >= config.perturbation_min_share):
+            suspected, target, detector = True, perturbation.suspect, "neuron perturbation"
+        progress.note(f"neuron perturbation: suspected target {perturbation.suspect}, anomaly index "
+                      f"{perturbation.anomaly_index:.2f} "
+                      f"({'backdoor suspected' if detector == 'neuron perturbation' else 'no backdoor evidence'})")
     # Others' mask norms: a trigger for the target much smaller than these means the backdoor is still there.
     others_median = float(np.median([n for c, n in enumerate(synthesis.norms) if c != target]))
     report = {
@@ -166,13 +186,23 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         "config": _config_dict(config),
         "defense_data": {"samples": len(defense), "train": len(train), "holdout": len(holdout)},
         "neuron_map": {k: v for k, v in nmap.summary().items() if k != "layers"},
-        "trigger_synthesis": {"suspected_target": target, "anomaly_index": round(synthesis.anomaly_index, 3),
+        "trigger_synthesis": {"suspected_target": synthesis.suspect,
+                              "anomaly_index": round(synthesis.anomaly_index, 3),
                               "threshold": config.anomaly_threshold,
                               "mask_l1_per_class": [round(n, 2) for n in synthesis.norms],
                               "success_per_class": [round(c.success, 3) for c in synthesis.candidates],
                               "seconds": round(synthesis.seconds, 2)},
+        "detector": detector,
         "backdoor_suspected": bool(suspected),
     }
+    if perturbation is not None:
+        report["neuron_perturbation"] = {"suspected_target": perturbation.suspect,
+                                         "anomaly_index": round(perturbation.anomaly_index, 3),
+                                         "threshold": config.perturbation_threshold,
+                                         "min_share": config.perturbation_min_share,
+                                         "epsilon": config.perturbation.epsilon,
+                                         "share_per_class": [round(v, 3) for v in perturbation.shares],
+                                         "seconds": round(perturbation.seconds, 2)}
     mask = nmap.empty_mask()
     triggers = []
     rounds = []
@@ -180,11 +210,25 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
     first = None  # the first round's policy, signals and graphs: later rounds only add to its mask
     train_result = decision = None
     act = (suspected or config.force) and config.prune
+    by_perturbation = detector == "neuron perturbation"
+    if by_perturbation:
+        others = np.flatnonzero(train.y != target)
+        others = np.sort(np.random.default_rng(config.seed).permutation(others)[:config.perturbation.images])
+        others_t = torch.from_numpy(train.x[others])
+        other_shares = [v for c, v in enumerate(perturbation.shares) if c != target]
     if act:
         # Refine the suspect's trigger from fresh starts: several triggers make a reward the agent cannot
         # satisfy by breaking one synthetic pattern only.
-        progress.stage(f"refining class {target}'s trigger", total=config.refine_triggers)
+        progress.stage(f"refining class {target}'s {'perturbation' if by_perturbation else 'trigger'}",
+                       total=config.refine_triggers)
+        if by_perturbation:
+            triggers.append(perturbation.best)
         for k in range(config.refine_triggers):
+            if by_perturbation:
+                triggers.append(perturb_towards(mirror, others_t, target, nmap.num_groups,
+                                                replace(config.perturbation, seed=config.seed + 1 + k)))
+                progress.advance()
+                continue
             refined = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
                                  replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 1 + k),
                                  classes=[target])
@@ -201,7 +245,8 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                              max_stamped=config.max_stamped, seed=config.seed, base_mask=mask)
             hold_env = _env(evaluator, holdout, triggers, target, axes, config.reward,
                             max_stamped=config.max_stamped, seed=config.seed, base_mask=mask)
-            signals = compute_signals(lm, nmap, mirror, train.x, train.y, train_env.stamped_x, target)
+            signals = compute_signals(lm, nmap, mirror, train.x, train.y, train_env.stamped_x, target,
+                                      stamped_multipliers=train_env.stamped_multipliers)
             graphs = build_graphs(lm, nmap, signals, config.graph)
             batch = batch_graphs(graphs)
             if policy is None:
@@ -223,20 +268,29 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                                    nmap.prunable, max_ca_drop=config.max_ca_drop,
                                    extra=signal_masks(nmap, signals))
             mask = decision.mask
-            # Can the backdoor still be found in the pruned model? Re-synthesize against it.
-            progress.stage(f"{step}: re-synthesizing the trigger against the pruned model")
+            # Can the backdoor still be found in the pruned model? Search for it again against the pruned model.
+            progress.stage(f"{step}: searching the pruned model for the backdoor again")
             keep = torch.from_numpy((~mask).astype(np.float32))
-            again = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
-                               replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 100 + round_index),
-                               classes=[target], keep=keep).candidates[0]
+            record = {"round": round_index, "pruned_groups": int(mask.sum()),
+                      "holdout_ca": decision.holdout.ca if decision.holdout else None,
+                      "holdout_asr_synthesized": decision.holdout.asr if decision.holdout else None}
+            if by_perturbation:
+                again = perturb_towards(mirror, others_t, target, nmap.num_groups,
+                                        replace(config.perturbation, seed=config.seed + 100 + round_index), keep)
+                # Still an outlier against the other classes' shares in the unpruned model?
+                index = float(anomaly_indices(1.0 - np.array(other_shares + [again.share]))[-1])
+                still_there = index >= config.perturbation_threshold and again.share >= config.perturbation_min_share
+                record.update(reperturbed_share=round(again.share, 3), reperturbed_anomaly_index=round(index, 3))
+            else:
+                again = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
+                                   replace(config.synthesis, steps=config.refine_steps,
+                                           seed=config.seed + 100 + round_index),
+                                   classes=[target], keep=keep).candidates[0]
+                still_there = again.success >= 0.8 and again.mask_l1 < config.found_ratio * others_median
+                record.update(resynthesized_mask_l1=round(again.mask_l1, 2),
+                              resynthesized_success=round(again.success, 3))
             timer.lap("resynthesis")
-            still_there = again.success >= 0.8 and again.mask_l1 < config.found_ratio * others_median
-            rounds.append({"round": round_index, "pruned_groups": int(mask.sum()),
-                           "holdout_ca": decision.holdout.ca if decision.holdout else None,
-                           "holdout_asr_synthesized": decision.holdout.asr if decision.holdout else None,
-                           "resynthesized_mask_l1": round(again.mask_l1, 2),
-                           "resynthesized_success": round(again.success, 3),
-                           "backdoor_still_found": bool(still_there)})
+            rounds.append({**record, "backdoor_still_found": bool(still_there)})
             progress.note(f"{step}: {int(mask.sum())} groups pruned; re-synthesized trigger "
                           f"{'still found' if still_there else 'no longer found'}")
             if not still_there:
@@ -252,7 +306,8 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         report["policy_probabilities"] = [round(float(p), 4) for p in probabilities]
         report["most_affected_layer"] = layer_detail(lm, nmap, mask, probabilities, signals, graphs)
     else:
-        hold_env = _env(evaluator, holdout, [synthesis.best], target, axes, config.reward,
+        hold_env = _env(evaluator, holdout, [perturbation.best if by_perturbation else synthesis.best], target,
+                        axes, config.reward,
                         max_stamped=config.max_stamped, seed=config.seed)
     progress.stage("checking the decision on held-out defense data")
     after_hold = hold_env.score(mask[None])[0]
@@ -290,15 +345,22 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
 
 def _env(evaluator, part: Prepared, triggers, target, axes, reward, *, max_stamped: int, seed: int,
          base_mask=None) -> RewardEnv:
-    """Reward environment on one part of the defense data, stamped with every trigger found so far.
+    """Reward environment on one part of the defense data, probed with every trigger (or neuron perturbation)
+    found so far.
 
-    Each image gets one of the triggers (in turn), so adding triggers does not multiply the cost of a reward.
+    Each image gets one of the probes (in turn), so adding probes does not multiply the cost of a reward.
     """
     others = part.x[part.y != target]
     order = np.random.default_rng(seed).permutation(len(others))[:max_stamped]
-    stamped = np.concatenate([triggers[k % len(triggers)].apply(others[order[k::len(triggers)]], axes)
-                              for k in range(min(len(triggers), len(order)))])
-    return RewardEnv(evaluator, part.x, part.y, stamped, target, reward, base_mask=base_mask)
+    probes = [triggers[k % len(triggers)].probe(others[order[k::len(triggers)]], axes)
+              for k in range(min(len(triggers), len(order)))]
+    stamped = np.concatenate([x for x, _ in probes])
+    multipliers = None
+    if any(m is not None for _, m in probes):
+        multipliers = np.concatenate([np.ones((len(x), evaluator.nmap.num_groups), np.float32) if m is None else m
+                                      for x, m in probes])
+    return RewardEnv(evaluator, part.x, part.y, stamped, target, reward, base_mask=base_mask,
+                     stamped_multipliers=multipliers)
 
 
 def _config_dict(config: SanitizeConfig) -> dict:

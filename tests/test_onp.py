@@ -18,6 +18,7 @@ from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.mirror import TorchMirror
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.signals.features import SIGNALS, GroupSignals, compute_signals
+from onnx_onp.signals.perturbation import PerturbationConfig, perturb_towards
 from onnx_onp.signals.synthesis import SynthesisConfig, TriggerCandidate, amplify, anomaly_indices, synthesize
 from onnx_onp_cli.main import main
 
@@ -48,6 +49,15 @@ def test_mirror_matches_onnxruntime_with_masks(name, dynamo, tmp_path):
         got = mirror(torch.from_numpy(np.concatenate([x[:4]] * 4)), keep).numpy()
     expected = np.concatenate([evaluator.logits(x[:4], m) for m in masks])
     np.testing.assert_allclose(got, expected, atol=1e-4)
+    # Per-sample multipliers (the neuron-perturbation probe): keep-values above 1 too, where the ONNX graph
+    # must not leak group 0's value into elements that belong to no group.
+    multipliers = np.random.default_rng(2).uniform(0.7, 1.3, (4, nmap.num_groups)).astype(np.float32)
+    with torch.no_grad():
+        got = mirror(torch.from_numpy(x[:4]), torch.from_numpy((~masks[0]) * multipliers)).numpy()
+    np.testing.assert_allclose(got, evaluator.logits(x[:4], masks[0], multipliers), atol=1e-4)
+    scores = evaluator.score_many(x[:4], np.zeros(4, np.int64), masks, multipliers)
+    for m, s in zip(masks, scores):
+        np.testing.assert_array_equal(s.predictions, evaluator.logits(x[:4], m, multipliers).argmax(1))
 
 
 def test_anomaly_index_flags_the_small_outlier():
@@ -177,3 +187,33 @@ def test_amplified_trigger_is_solid_grown_and_saturated():
     assert set(np.unique(strong.mask)) == {0.0, 1.0}
     assert strong.mask[2:6, 3:6].all() and strong.mask.sum() == 12  # two pixels grown by one in each direction
     assert np.all(strong.pattern[0] == 1.0) and np.all(strong.pattern[1] == -1.0)  # pushed to the data's range
+
+
+def test_neuron_perturbation_finds_the_warping_backdoor():
+    """WaNet escapes trigger synthesis; a ±5% perturbation of the neurons sends nearly all clean images of
+    other classes to its target, far more than to another class, and pruning the groups it runs through
+    (ranked by the backdoor-loss change under that probe) takes the real attack success rate down."""
+    case = FIXTURES / "models" / "resnet18_wanet_cifar10"
+    spec = Spec.load(case.with_suffix(".json"))
+    lm = load_model(case.with_suffix(".onnx"))
+    nmap = build_neuron_map(lm)
+    mirror = TorchMirror(lm, nmap)
+    train = load_dataset(need(DATA / "cifar10_train.npz")).take(300, seed=0)
+    data = prepare(lm, train, spec.preprocess)
+    config = PerturbationConfig(images=150)
+    shares = {}
+    for target in (0, 3):
+        others = torch.from_numpy(data.x[data.y != target][:150])
+        shares[target] = perturb_towards(mirror, others, target, nmap.num_groups, config)
+    assert shares[0].share >= 0.8 and shares[3].share <= 0.6, (shares[0].share, shares[3].share)
+    probe_x, multipliers = shares[0].probe(data.x[data.y != 0], (2, 3))
+    signals = compute_signals(lm, nmap, mirror, data.x, data.y, probe_x, 0, stamped_multipliers=multipliers)
+    order = [g for g in np.argsort(-signals["blc"]) if nmap.prunable[g]]
+    mask = nmap.empty_mask()
+    mask[order[:2]] = True
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    test = load_dataset(need(DATA / "cifar10_test.npz")).take(1000, seed=0)
+    triggered = prepare_triggered(lm, test, spec, spec.preprocess)
+    before = attack_scores(evaluator, triggered, 0).asr
+    after = attack_scores(evaluator, triggered, 0, mask).asr
+    assert before > 0.9 and after < 0.2, (before, after)

@@ -1,8 +1,8 @@
 """Stage 6b: learn the pruning policy with REINFORCE, every reward from onnxruntime.
 
 Each step samples a batch of masks from the policy (independent Bernoulli per group), scores all of them in
-onnxruntime on the defense data (clean accuracy, and the share of trigger-stamped images still sent to the
-suspected target), and moves the policy towards the masks that beat the batch's mean reward (the batch mean
+onnxruntime on the defense data (clean accuracy, and the share of the backdoor probe still sent to the
+suspected target: trigger-stamped images, or clean images under the neuron perturbation), and moves the policy towards the masks that beat the batch's mean reward (the batch mean
 is the baseline; advantages are standardised). Seeded: the same seed gives the same masks.
 """
 
@@ -40,10 +40,12 @@ class RewardEnv:
     """Scores masks on the defense data with the masked evaluator."""
 
     def __init__(self, evaluator: MaskedEvaluator, clean_x, clean_y, stamped_x, target: int,
-                 config: RewardConfig, base_mask: np.ndarray | None = None):
+                 config: RewardConfig, base_mask: np.ndarray | None = None, stamped_multipliers=None):
         self.evaluator = evaluator
         self.clean_x, self.clean_y = clean_x, clean_y
+        # The backdoor probe: trigger-stamped images, or clean ones run with perturbed groups (multipliers).
         self.stamped_x = stamped_x
+        self.stamped_multipliers = stamped_multipliers
         self.stamped_y = np.full(len(stamped_x), target, dtype=np.int64)
         self.config = config
         self.num_prunable = max(1, int(evaluator.nmap.prunable.sum()))
@@ -53,7 +55,7 @@ class RewardEnv:
         empty = evaluator.nmap.empty_mask()[None]
         base = evaluator.score_many(clean_x, clean_y, empty)[0]
         self.ca0, self.loss0 = base.accuracy, base.loss
-        self.asr0 = evaluator.score_many(stamped_x, self.stamped_y, empty)[0].accuracy
+        self.asr0 = evaluator.score_many(stamped_x, self.stamped_y, empty, stamped_multipliers)[0].accuracy
         self.evaluations = 0
 
     def reward(self, ca: float, asr: float, pruned: int, clean_loss: float) -> float:
@@ -65,7 +67,7 @@ class RewardEnv:
     def score(self, masks: np.ndarray) -> list[Outcome]:
         masks = np.asarray(masks, dtype=bool) | self.base_mask
         clean = self.evaluator.score_many(self.clean_x, self.clean_y, masks)
-        stamped = self.evaluator.score_many(self.stamped_x, self.stamped_y, masks)
+        stamped = self.evaluator.score_many(self.stamped_x, self.stamped_y, masks, self.stamped_multipliers)
         self.evaluations += len(masks)
         outcomes = []
         for mask, c, s in zip(masks, clean, stamped):

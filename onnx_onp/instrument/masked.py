@@ -33,19 +33,23 @@ def instrument(lm: LoadedModel, nmap: NeuronMap, extra_outputs: list[str] = ()) 
     renamed: dict[str, str] = {}
     for k, site in enumerate(nmap.mask_sites):
         prefix = f"onp_mask/site{k}"
-        # Elements with no prunable group gather column 0 and are lifted back to 1 by Max with a constant:
-        # plain Gather/Max/Reshape/Mul, which every opset since 8 has.
+        # Elements with no prunable group gather column 0 and are set back to exactly 1 (flat·(1 − f) + f, f = 1
+        # there): keep-values may exceed 1 under the perturbation probe. Plain Gather/Mul/Add/Reshape, which
+        # every opset since 8 has.
         index = np.maximum(site.groups, 0).astype(np.int64)
         floor = (site.groups < 0).astype(np.float32).reshape(1, -1)
         shape = np.array((-1,) + index.shape[1:], np.int64)
         graph.initializer.append(numpy_helper.from_array(index.reshape(-1), f"{prefix}/index"))
         graph.initializer.append(numpy_helper.from_array(floor, f"{prefix}/floor"))
+        graph.initializer.append(numpy_helper.from_array(1 - floor, f"{prefix}/grouped"))
         graph.initializer.append(numpy_helper.from_array(shape, f"{prefix}/shape"))
         new_nodes.append(helper.make_node("Gather", [MASK_INPUT, f"{prefix}/index"], [f"{prefix}/flat"], axis=1,
                                           name=f"{prefix}/Gather"))
         if floor.any():
-            new_nodes.append(helper.make_node("Max", [f"{prefix}/flat", f"{prefix}/floor"], [f"{prefix}/lifted"],
-                                              name=f"{prefix}/Max"))
+            new_nodes.append(helper.make_node("Mul", [f"{prefix}/flat", f"{prefix}/grouped"], [f"{prefix}/only"],
+                                              name=f"{prefix}/MulGrouped"))
+            new_nodes.append(helper.make_node("Add", [f"{prefix}/only", f"{prefix}/floor"], [f"{prefix}/lifted"],
+                                              name=f"{prefix}/AddFloor"))
         new_nodes.append(helper.make_node("Reshape", [f"{prefix}/lifted" if floor.any() else f"{prefix}/flat",
                                                       f"{prefix}/shape"], [f"{prefix}/mask"],
                                           name=f"{prefix}/Reshape"))
@@ -101,7 +105,8 @@ class MaskedEvaluator:
     """Scores pruning masks on data with a single onnxruntime session.
 
     Masks are boolean vectors over the neuron map's groups, True = pruned. Inputs are preprocessed arrays in
-    the model's layout.
+    the model's layout. ``multipliers`` ([N, groups], optional) scale the kept groups per sample: the
+    neuron-perturbation probe runs clean images through the model with its groups multiplied by (1 + δ).
     """
 
     def __init__(self, lm: LoadedModel, nmap: NeuronMap, *, provider: str = "auto", extra_outputs=(),
@@ -116,18 +121,22 @@ class MaskedEvaluator:
         self.seconds_in_runtime = 0.0
         self.runs = 0
 
-    def _keep(self, mask, rows: int) -> np.ndarray:
+    def _keep(self, mask, rows: int, multipliers=None) -> np.ndarray:
         mask = np.asarray(mask)
         if mask.ndim == 1:
             keep = (~self.nmap.check_mask(mask)).astype(np.float32)
-            return np.ascontiguousarray(np.broadcast_to(keep, (rows, keep.shape[0])))
-        return (~mask.astype(bool)).astype(np.float32)
+            keep = np.broadcast_to(keep, (rows, keep.shape[0]))
+        else:
+            keep = (~mask.astype(bool)).astype(np.float32)
+        if multipliers is not None:
+            keep = keep * np.asarray(multipliers, dtype=np.float32)
+        return np.ascontiguousarray(keep)
 
-    def run(self, x: np.ndarray, mask=None, *, with_extras: bool = False):
+    def run(self, x: np.ndarray, mask=None, *, multipliers=None, with_extras: bool = False):
         """Model outputs for a batch under a mask (one mask, or one per sample as an [N, groups] array)."""
         mask = self.nmap.empty_mask() if mask is None else mask
         feeds = {self.lm.input_name: np.ascontiguousarray(x, dtype=self.lm.input_dtype),
-                 MASK_INPUT: self._keep(mask, x.shape[0])}
+                 MASK_INPUT: self._keep(mask, x.shape[0], multipliers)}
         start = time.perf_counter()
         outputs = self.session.run(self.output_names if with_extras else [self.lm.output_name], feeds)
         self.seconds_in_runtime += time.perf_counter() - start
@@ -135,9 +144,11 @@ class MaskedEvaluator:
         outputs[0] = outputs[0].reshape(outputs[0].shape[0], -1)  # [N, K, 1, 1] class maps count as [N, K]
         return outputs if with_extras else outputs[0]
 
-    def logits(self, x: np.ndarray, mask=None) -> np.ndarray:
+    def logits(self, x: np.ndarray, mask=None, multipliers=None) -> np.ndarray:
         """Model outputs over a whole array, in batches."""
-        parts = [self.run(x[i:i + self.batch_size], mask) for i in range(0, len(x), self.batch_size)]
+        b = self.batch_size
+        parts = [self.run(x[i:i + b], mask, multipliers=None if multipliers is None else multipliers[i:i + b])
+                 for i in range(0, len(x), b)]
         return np.concatenate(parts) if parts else np.zeros((0, self.lm.num_classes), np.float32)
 
     def activations(self, x: np.ndarray, mask=None) -> dict[str, np.ndarray]:
@@ -148,25 +159,29 @@ class MaskedEvaluator:
                   for i in range(0, len(x), self.batch_size)]
         return {name: np.concatenate([c[k] for c in chunks]) for k, name in enumerate(self.extra_outputs)}
 
-    def score(self, x: np.ndarray, y: np.ndarray, mask=None) -> Scores:
+    def score(self, x: np.ndarray, y: np.ndarray, mask=None, multipliers=None) -> Scores:
         start = time.perf_counter()
-        out = self.logits(x, mask)
+        out = self.logits(x, mask, multipliers)
         return self._scores(out, y, time.perf_counter() - start)
 
-    def score_many(self, x: np.ndarray, y: np.ndarray, masks: np.ndarray) -> list[Scores]:
-        """Score several masks; rows from different masks share runs (the data repeated per mask)."""
+    def score_many(self, x: np.ndarray, y: np.ndarray, masks: np.ndarray, multipliers=None) -> list[Scores]:
+        """Score several masks; rows from different masks share runs (the data repeated per mask).
+
+        ``multipliers`` ([len(x), groups]) scale every mask's kept groups per sample, the same for each mask.
+        """
         masks = np.asarray(masks, dtype=bool)
         for mask in masks:
             self.nmap.check_mask(mask)
         n = len(x)
         if self.lm.batch_fixed or n >= self.batch_size:
-            return [self.score(x, y, m) for m in masks]
+            return [self.score(x, y, m, multipliers) for m in masks]
         per_run = max(1, self.batch_size // max(n, 1))
         results = []
         for i in range(0, len(masks), per_run):
             chunk = masks[i:i + per_run]
             start = time.perf_counter()
-            out = self.run(np.concatenate([x] * len(chunk)), np.repeat(chunk, n, axis=0))
+            out = self.run(np.concatenate([x] * len(chunk)), np.repeat(chunk, n, axis=0),
+                           multipliers=None if multipliers is None else np.concatenate([multipliers] * len(chunk)))
             seconds = (time.perf_counter() - start) / len(chunk)
             results.extend(self._scores(out[k * n:(k + 1) * n], y, seconds) for k in range(len(chunk)))
         return results

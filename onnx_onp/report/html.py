@@ -64,6 +64,27 @@ def figure_trigger_norms(report: dict) -> str:
     return _png(fig)
 
 
+def figure_perturbation_shares(report: dict) -> str:
+    scan = report["neuron_perturbation"]
+    shares = 100 * np.array(scan["share_per_class"])
+    target = scan["suspected_target"]
+    flagged = report.get("detector") == "neuron perturbation" and report["backdoor_suspected"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    ax.bar(np.arange(len(shares)), shares, color=[_RED if c == target and flagged else _BLUE
+                                                  for c in range(len(shares))])
+    ax.axhline(np.median(shares), color="k", lw=0.8, ls="--", label="median over classes")
+    ax.set_xlabel("class")
+    ax.set_ylabel("images moved (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Share of other classes' clean images a ±{scan['epsilon']:g} neuron perturbation sends to each "
+                 f"class; class {target}: anomaly index {scan['anomaly_index']:.2f}", fontsize=9, loc="left")
+    if len(shares) <= 20:
+        ax.set_xticks(np.arange(len(shares)))
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def figure_pruned_per_layer(report: dict) -> str:
     rows = report["pruned"]["per_layer_counts"]
     plt = _plt()
@@ -247,7 +268,23 @@ def render_html(report: dict) -> str:
     parts.append("<h2>Key numbers</h2>" + _table([(_e(k), _e(val)) for k, val in key]))
 
     parts.append("<h2>What this means</h2><p>")
-    if suspected:
+    if suspected and v.get("detector") == "neuron perturbation":
+        parts.append(
+            f"No class can be reached with an unusually small input patch, but a small change of every neuron's "
+            f"strength (±{100 * report['neuron_perturbation']['epsilon']:g}%) sends "
+            f"{_pct(v['target_perturbation_share'])} of the other classes' clean images to class "
+            f"{v['suspected_target']}, against a median of {_pct(v['others_median_perturbation_share'])} for "
+            f"the other classes. Backdoors whose trigger is not a patch (warps, image-wide signals) leave such a "
+            f"shortcut inside the network. ")
+        if report["pruned"]["neurons"]:
+            parts.append(
+                f"onnx-onp removed the {report['pruned']['neurons']} neurons the shortcut runs through while "
+                f"keeping clean accuracy within the budget of {100 * report['config']['max_ca_drop']:.1f} "
+                f"points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their "
+                f"answer.")
+        else:
+            parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
+    elif suspected:
         parts.append(
             f"Among the {len(report['trigger_synthesis']['mask_l1_per_class'])} classes, class "
             f"{v['suspected_target']} can be reached from clean images with an unusually small input pattern "
@@ -262,9 +299,11 @@ def render_html(report: dict) -> str:
         else:
             parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
     else:
-        parts.append("No class stands out: no reverse-engineered trigger is unusually small, so there is no "
-                     "backdoor evidence and nothing was changed. This is evidence, not proof: triggers that are "
-                     "not small patches (warps, image-wide signals) can escape this test.")
+        parts.append("No class stands out: no reverse-engineered trigger is unusually small"
+                     + (", and no small neuron perturbation sends the images of other classes to one class"
+                        if "neuron_perturbation" in report else "")
+                     + ", so there is no backdoor evidence and nothing was changed. This is evidence, not proof: "
+                       "some triggers (image-wide signals such as SIG's) escape both tests.")
     parts.append(f"</p><p class='muted'>Rule: {_e(v['rule'])}.</p>")
     if "attack_success_rate" not in audit:
         parts.append("<p class='muted'>No poisoned data or trigger spec was given, so the real attack success "
@@ -274,6 +313,11 @@ def render_html(report: dict) -> str:
     parts.append(_figure(figure_trigger_norms(report), "trigger size per class",
                          "For each class, the smallest pattern (mask L1 norm) that sends clean images there. "
                          "A backdoor target needs far less than the others."))
+    if "neuron_perturbation" in report:
+        parts.append("<h2>Evidence: neuron perturbation</h2>")
+        parts.append(_figure(figure_perturbation_shares(report), "neuron perturbation per class",
+                             "For each class, the share of the other classes' clean images that one bounded "
+                             "change of the neurons' strengths sends there. A backdoor target takes almost all."))
     if v["carrier_neurons"]:
         parts.append("<p>Neurons that carry the signal (pruned, strongest activation shift under the synthesized "
                      "trigger first): " + ", ".join(f"<code>{_e(n)}</code>" for n in v["carrier_neurons"]) + "</p>")

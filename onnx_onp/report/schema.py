@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -45,6 +45,10 @@ REPORT_SCHEMA = {
             "required": ["verdict", "rule", "suspected_target", "anomaly_index", "threshold", "carrier_neurons",
                          "prediction_agreement_holdout"],
             "properties": {"verdict": {"enum": ["backdoor suspected", "no backdoor evidence"]},
+                           "detector": {"enum": ["trigger synthesis", "neuron perturbation"],
+                                        "description": "the detector whose numbers the verdict quotes"},
+                           "target_perturbation_share": _share,
+                           "others_median_perturbation_share": _share,
                            "rule": {"type": "string"}, "suspected_target": {"type": "integer", "minimum": 0},
                            "anomaly_index": _number, "threshold": _number,
                            "target_trigger_l1": _number, "others_median_trigger_l1": {"type": ["number", "null"]},
@@ -60,6 +64,13 @@ REPORT_SCHEMA = {
             "type": "object", "required": ["suspected_target", "anomaly_index", "threshold", "mask_l1_per_class"],
             "properties": {"mask_l1_per_class": {"type": "array", "items": _number, "minItems": 2},
                            "success_per_class": {"type": "array", "items": _share}}},
+        "detector": {"enum": ["trigger synthesis", "neuron perturbation"]},
+        "neuron_perturbation": {
+            "type": "object", "description": "run only when trigger synthesis finds nothing",
+            "required": ["suspected_target", "anomaly_index", "threshold", "min_share", "epsilon",
+                         "share_per_class"],
+            "properties": {"share_per_class": {"type": "array", "items": _share, "minItems": 2},
+                           "epsilon": _number, "min_share": _share}},
         "defense_data": {"type": "object", "required": ["samples", "train", "holdout"],
                          "properties": {"samples": {"type": "integer", "minimum": 1}}},
         "clean_accuracy_holdout": {"type": "object", "required": ["before", "after", "drop"],

@@ -1,10 +1,17 @@
 """The verdict a gate branches on, the evidence behind it, and the exit code it maps to.
 
-Rule (README, "The verdict"): **backdoor suspected** when the smallest reverse-engineered trigger
-(Neural-Cleanse style, one candidate per class, clean data only) is an outlier among the classes: its
-anomaly index, the robust z-score of its mask's L1 norm below the median of all classes, is at least the
-threshold (2.0 by default, the usual NC cut-off). Otherwise: **no backdoor evidence**. Pruning never changes
-the verdict; it only adds evidence (which neurons carried the signal, how much the answers change).
+Rule (README, "The verdict"): **backdoor suspected** when either detector finds an outlier class, on clean
+data only:
+
+1. trigger synthesis (Neural-Cleanse style, one candidate per class): the smallest reverse-engineered
+   trigger's anomaly index, the robust z-score of its mask's L1 norm below the median of all classes, is at
+   least its threshold (2.0 by default, the usual NC cut-off);
+2. when synthesis finds nothing, the neuron-perturbation scan (one bounded perturbation of every group per
+   class): the share of other classes' clean images the perturbation sends to one class is an outlier
+   (robust z-score at least 3.0) and at least half of them.
+
+Otherwise: **no backdoor evidence**. Pruning never changes the verdict; it only adds evidence (which neurons
+carried the signal, how much the answers change).
 """
 
 from __future__ import annotations
@@ -24,31 +31,49 @@ STATUSES = (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, STATUS_DETECT_
 
 FAIL_ON = ("suspected", "unsanitizable", "never")
 
+SYNTHESIS = "trigger synthesis"
+PERTURBATION = "neuron perturbation"
+
 RULE = ("backdoor suspected when the anomaly index of the smallest synthesized trigger (robust z-score of its "
-        "mask L1 norm below the median over classes) is at least {threshold}")
+        "mask L1 norm below the median over classes) is at least {threshold}, or else when a bounded "
+        "perturbation of the neurons sends an outlier share of other classes' clean images to one class "
+        "(robust z-score at least {p_threshold}, share at least {p_share})")
 
 
 def verdict_of(report: dict) -> dict:
-    """The verdict and its evidence, from a report's trigger synthesis (and pruning, when there was any)."""
+    """The verdict and its evidence, from a report's detectors (and pruning, when there was any)."""
     ts = report["trigger_synthesis"]
-    suspected = ts["anomaly_index"] >= ts["threshold"]
+    scan = report.get("neuron_perturbation")
+    detector = report.get("detector", SYNTHESIS)
+    suspected = bool(report.get("backdoor_suspected", ts["anomaly_index"] >= ts["threshold"]))
+    evidence = scan if detector == PERTURBATION else ts
+    target = evidence["suspected_target"]
     norms = ts["mask_l1_per_class"]
-    target = ts["suspected_target"]
     others = [n for c, n in enumerate(norms) if c != target]
     pruned = report.get("pruned_signals", {})
-    # Neurons that carry the signal: the pruned ones whose activation the synthesized trigger shifts most.
+    # Neurons that carry the signal: the pruned ones whose activation the backdoor probe shifts most.
     carriers = sorted(pruned, key=lambda name: -pruned[name].get("act_shift", 0.0))[:10]
-    return {
+    config = report.get("config", {})
+    verdict = {
         "verdict": SUSPECTED if suspected else NO_EVIDENCE,
-        "rule": RULE.format(threshold=ts["threshold"]),
+        "detector": detector,
+        "rule": RULE.format(threshold=ts["threshold"],
+                            p_threshold=(scan or {}).get("threshold", config.get("perturbation_threshold", 3.0)),
+                            p_share=(scan or {}).get("min_share", config.get("perturbation_min_share", 0.5))),
         "suspected_target": target,
-        "anomaly_index": ts["anomaly_index"],
-        "threshold": ts["threshold"],
+        "anomaly_index": evidence["anomaly_index"],
+        "threshold": evidence["threshold"],
         "target_trigger_l1": norms[target],
         "others_median_trigger_l1": round(float(np.median(others)), 2) if others else None,
         "carrier_neurons": carriers,
         "prediction_agreement_holdout": report.get("prediction_agreement_holdout"),
     }
+    if scan is not None:
+        shares = scan["share_per_class"]
+        verdict["target_perturbation_share"] = shares[target]
+        verdict["others_median_perturbation_share"] = round(float(np.median(
+            [v for c, v in enumerate(shares) if c != target])), 3)
+    return verdict
 
 
 def gate_exit_code(report: dict, fail_on: str) -> int:

@@ -6,9 +6,9 @@ All signals are per *group* (the unit that is pruned), computed with the torch m
   on the same images stamped with the synthesized trigger; ``act_shift`` is their difference (the probe in
   design.md §3: backdoor neurons light up on the trigger).
 - ``clc``: clean-loss change if the group is pruned, to first order (−∂L/∂keep): our reading of the paper's CLC.
-- ``blc``: backdoor-loss change if the group is pruned, to first order, with the synthesized trigger standing
-  in for poisoned data (loss towards the suspected target): our reading of BLC. Positive = pruning breaks
-  the backdoor.
+- ``blc``: backdoor-loss change if the group is pruned, to first order, with the backdoor probe (the
+  synthesized trigger, or the neuron perturbation) standing in for poisoned data (loss towards the suspected
+  target): our reading of BLC. Positive = pruning breaks the backdoor.
 - ``weight_norm``: L2 norm of the group's producer weights; ``lipschitz``: the largest per-neuron spectral
   norm of its kernels (CLP's channel Lipschitz bound, without BatchNorm scaling).
 """
@@ -53,8 +53,9 @@ def _site_means(nmap: NeuronMap, captured: dict[str, torch.Tensor], totals: np.n
         np.add.at(counts, flat[valid], 1)
 
 
-def _pass(mirror, nmap, x, labels, batch_size):
-    """Mean activations per group and −∂loss/∂keep over the data, in batches."""
+def _pass(mirror, nmap, x, labels, batch_size, multipliers=None):
+    """Mean activations per group and −∂loss/∂keep over the data, in batches (groups scaled per sample by
+    ``multipliers`` when given: the neuron-perturbation probe)."""
     totals = np.zeros(nmap.num_groups)
     counts = np.zeros(nmap.num_groups)
     grad = np.zeros(nmap.num_groups)
@@ -62,7 +63,9 @@ def _pass(mirror, nmap, x, labels, batch_size):
     for start in range(0, len(x), batch_size):
         keep = torch.ones(nmap.num_groups, requires_grad=True)
         xb = torch.from_numpy(x[start:start + batch_size])
-        logits, captured = mirror(xb, keep, capture=sites, logits=True)
+        scaled = keep if multipliers is None else keep * torch.from_numpy(
+            np.ascontiguousarray(multipliers[start:start + batch_size], dtype=np.float32))
+        logits, captured = mirror(xb, scaled, capture=sites, logits=True)
         loss = F.cross_entropy(logits, torch.from_numpy(labels[start:start + batch_size]), reduction="sum")
         loss.backward()
         grad += -keep.grad.numpy()
@@ -91,10 +94,11 @@ def weight_signals(lm: LoadedModel, nmap: NeuronMap) -> tuple[np.ndarray, np.nda
 
 
 def compute_signals(lm: LoadedModel, nmap: NeuronMap, mirror: TorchMirror, clean_x: np.ndarray,
-                    clean_y: np.ndarray, stamped_x: np.ndarray, target: int, *,
+                    clean_y: np.ndarray, stamped_x: np.ndarray, target: int, *, stamped_multipliers=None,
                     batch_size: int = 128) -> GroupSignals:
     act_clean, clc = _pass(mirror, nmap, clean_x, clean_y, batch_size)
-    act_trigger, blc = _pass(mirror, nmap, stamped_x, np.full(len(stamped_x), target, np.int64), batch_size)
+    act_trigger, blc = _pass(mirror, nmap, stamped_x, np.full(len(stamped_x), target, np.int64), batch_size,
+                             stamped_multipliers)
     weight_norm, lipschitz = weight_signals(lm, nmap)
     values = np.stack([act_clean, act_trigger, act_trigger - act_clean, clc, blc, weight_norm, lipschitz], axis=1)
     return GroupSignals(names=SIGNALS, values=values.astype(np.float32))

@@ -41,6 +41,10 @@ class TriggerCandidate:
         m = self.mask.reshape(shape[1:])
         return ((1 - m) * x + m * self.pattern).astype(x.dtype)
 
+    def probe(self, x: np.ndarray, spatial_axes: tuple[int, int]) -> tuple[np.ndarray, None]:
+        """The backdoor probe built from clean images x: stamped images, no group multipliers."""
+        return self.apply(x, spatial_axes), None
+
 
 @dataclass
 class SynthesisResult:
