@@ -46,7 +46,9 @@ class SanitizeConfig:
     refine_triggers: int = 2  # fresh syntheses of the suspect's trigger used by the reward
     refine_steps: int = 300
     amplify_triggers: bool = True  # add a solid, saturated version of each refined trigger to the reward
-    torch_threads: int | None = 1  # small graphs interpreted op by op: more threads mostly spin and wait
+    # Torch threads for synthesis and signals; None: one for small models (interpreted op by op, more threads
+    # mostly spin and wait), every core from LARGE_MODEL_PARAMETERS on (their convolutions are worth splitting).
+    torch_threads: int | None = None
     max_stamped: int = 300  # trigger-stamped images per reward (the clean ones are all used)
     rounds: int = 3  # prune, re-synthesize against the pruned model, prune more while it is still found
     found_ratio: float = 0.75  # "still found": mask smaller than this share of the other classes' median
@@ -73,7 +75,9 @@ class SanitizeResult:
     evaluator: object = None
 
 
-class _Timer:
+class PhaseTimer:
+    """Seconds per pipeline phase (a phase may be entered several times: its laps add up)."""
+
     def __init__(self):
         self.phases: dict[str, float] = {}
         self._start = time.perf_counter()
@@ -102,7 +106,7 @@ def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None
     file under the sanitized name that is not sanitized would mislead whoever ships it.
     """
     progress = progress or Silent()
-    timer = _Timer()
+    timer = PhaseTimer()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     progress.stage("loading the model and the defense data")
     lm = model if isinstance(model, LoadedModel) else load_model(model)
@@ -136,20 +140,27 @@ def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None
 
 def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
                        config: SanitizeConfig = SanitizeConfig(), *, layout: str | None = None, progress=None,
-                       timer: _Timer | None = None) -> tuple[np.ndarray, dict]:
+                       timer: PhaseTimer | None = None) -> tuple[np.ndarray, dict]:
     """ONP proper, on clean defense data only: the mask to prune and the report of how it was found."""
     threads = torch.get_num_threads()
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    wanted = config.torch_threads or (threads if _parameters(lm) >= LARGE_MODEL_PARAMETERS else 1)
+    torch.set_num_threads(wanted)
     try:
         return _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, timer)
     finally:
         torch.set_num_threads(threads)
 
 
+LARGE_MODEL_PARAMETERS = 1_000_000
+
+
+def _parameters(lm: LoadedModel) -> int:
+    return int(sum(np.prod(t.dims) for t in lm.model.graph.initializer))
+
+
 def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, timer):
     progress = progress or Silent()
-    timer = timer or _Timer()
+    timer = timer or PhaseTimer()
     layout = layout or Preprocess.infer_layout(lm.input_shape)
     torch.manual_seed(config.seed)
     train, holdout = _split(defense, config.holdout, config.seed)

@@ -72,6 +72,7 @@ def test_fixture_spec(path):
     training = json.loads(path.read_text())["training"]
     assert spec.name == path.stem and path.with_suffix(".onnx").is_file()
     assert spec.trigger is not None and spec.target == TARGET and spec.clean_accuracy is not None
-    assert path.with_suffix(".onnx").stat().st_size < 5e6
+    # Small enough to ship; the width-32 ResNet (the speed target's model, 2.8 M parameters) is the one exception.
+    assert path.with_suffix(".onnx").stat().st_size < (12e6 if training.get("width") == 32 else 5e6)
     if training["attack"] != "none":
         assert spec.attack_success_rate >= 0.9

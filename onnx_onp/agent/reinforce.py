@@ -64,6 +64,13 @@ class RewardEnv:
         return (-asr - c.ca_weight * drop - c.over_budget_weight * max(0.0, drop - c.max_ca_drop)
                 - c.loss_weight * max(0.0, clean_loss - self.loss0) - c.size_weight * pruned / self.num_prunable)
 
+    def probe_asr(self, masks: np.ndarray, limit: int = 100) -> np.ndarray:
+        """Only the backdoor probe's ASR, on its first ``limit`` images: a cheap first look at many masks."""
+        masks = np.asarray(masks, dtype=bool) | self.base_mask
+        multipliers = None if self.stamped_multipliers is None else self.stamped_multipliers[:limit]
+        scores = self.evaluator.score_many(self.stamped_x[:limit], self.stamped_y[:limit], masks, multipliers)
+        return np.array([s.accuracy for s in scores])
+
     def score(self, masks: np.ndarray) -> list[Outcome]:
         masks = np.asarray(masks, dtype=bool) | self.base_mask
         clean = self.evaluator.score_many(self.clean_x, self.clean_y, masks)

@@ -46,12 +46,20 @@ __all__ = [
 def _onp(lm, nmap, data, *, evaluator=None, config=None) -> DefenseResult:
     """ONP itself, through the same interface as the baselines (imported late: it builds on everything)."""
     from ..instrument import MaskedEvaluator
-    from ..sanitize import SanitizeConfig, find_backdoor_mask
+    from ..sanitize import PhaseTimer, SanitizeConfig, find_backdoor_mask
 
     evaluator = evaluator or MaskedEvaluator(lm, nmap)
-    mask, report = find_backdoor_mask(lm, nmap, data, evaluator, config or SanitizeConfig())
-    keys = ("status", "trigger_synthesis", "clean_accuracy_holdout", "rounds", "evaluations")
-    return DefenseResult(mask, {k: report[k] for k in keys if k in report})
+    timer = PhaseTimer()
+    in_runtime = evaluator.seconds_in_runtime  # the bench shares one evaluator between defenses
+    mask, report = find_backdoor_mask(lm, nmap, data, evaluator, config or SanitizeConfig(), timer=timer)
+    keys = ("status", "detector", "trigger_synthesis", "neuron_perturbation", "clean_accuracy_holdout", "rounds",
+            "evaluations")
+    info = {k: report[k] for k in keys if k in report}
+    total = sum(timer.phases.values())
+    runtime = evaluator.seconds_in_runtime - in_runtime
+    info["seconds"] = {"total": round(total, 2), **timer.phases, "onnxruntime": round(runtime, 2),
+                       "onnxruntime_share": round(runtime / max(total, 1e-9), 3)}
+    return DefenseResult(mask, info)
 
 
 def _onp_config():

@@ -130,10 +130,40 @@ def markdown_report(result: BenchResult, machine: dict, *, command: str | None =
                      f"{case.attack_samples} | {case.target} | {_pct(case.reference.get('ca'))} | "
                      f"{_pct(case.reference.get('asr'))} | {case.neurons} | {case.groups} ({case.prunable_groups}) | "
                      f"{case.setup_seconds:.1f} |")
+    lines += onp_time_lines(result)
     failed = [c for c in result.cases if c.error]
     if failed:
         lines += ["", "Failed cases:", ""] + [f"- {c.case.name}: {c.error}" for c in failed]
     return "\n".join(lines) + "\n"
+
+
+_PHASES = (("trigger_synthesis", "synthesis"), ("perturbation_scan", "perturbation scan"),
+           ("trigger_refinement", "refinement"), ("signals_and_graphs", "signals + graphs"),
+           ("agent_training", "agent training"), ("resynthesis", "re-check"))
+
+
+def onp_time_lines(result: BenchResult) -> list[str]:
+    """Where ONP's time went, per case: its phases, the share inside onnxruntime, and its ratio to the
+    baselines' times in the same run."""
+    lines = []
+    for case in result.cases:
+        rows = {r.defense: r for r in case.rows}
+        onp = rows.get("onp")
+        seconds = (onp.info.get("seconds") if onp else None) or {}
+        if not seconds:
+            continue
+        def ratio(name):
+            other = rows.get(name)
+            return f"{onp.seconds / other.seconds:.0f}×" if other and other.seconds > 0 else "–"
+        phases = ", ".join(f"{label} {seconds[key]:.0f}" for key, label in _PHASES if seconds.get(key))
+        lines.append(f"| {case.case.name} | {onp.info.get('detector', '–')} | {onp.seconds:.1f} | {phases} | "
+                     f"{100 * seconds.get('onnxruntime_share', 0):.0f}% | {ratio('clp')} | {ratio('fp')} |")
+    if not lines:
+        return []
+    return ["", "ONP's time (phases in seconds; the share of its time spent inside onnxruntime; its time over "
+                "CLP's and Fine-Pruning's in this run):", "",
+            "| model | detector | ONP s | phases s | in onnxruntime | ÷ CLP | ÷ Fine-Pruning |",
+            "|---|---|---:|---|---:|---:|---:|"] + lines
 
 
 def _plain(value: Any) -> Any:

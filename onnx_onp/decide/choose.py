@@ -1,7 +1,7 @@
 """Stage 7: choose the final mask from the defense data alone (no poisoned data, no test labels).
 
 Candidates are every mask the agent scored plus the policy's ranking cut at growing sizes (the k most
-probable groups). The best candidates by training reward that kept clean accuracy within budget are
+probable groups), plus the per-layer top groups by single signals that cut the backdoor probe most. The best candidates by training reward that kept clean accuracy within budget are
 re-scored on the held-out part of the defense data, and the best one that also keeps the budget there wins.
 If none does, nothing is pruned and the run says it could not sanitize within the budget.
 """
@@ -74,9 +74,15 @@ def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_
 
 def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[np.ndarray, Outcome]],
                 probabilities: np.ndarray, prunable: np.ndarray, *, max_ca_drop: float,
-                max_fraction: float = 0.25, shortlist: int = 10, extra: np.ndarray | None = None) -> Decision:
+                max_fraction: float = 0.25, shortlist: int = 10, extra: np.ndarray | None = None,
+                extra_shortlist: int = 24) -> Decision:
     ranked = ranked_masks(probabilities, prunable, max(1, int(max_fraction * prunable.sum())))
     if extra is not None and len(extra):
+        # The per-layer signal masks are many (3 signals x 3 sizes x every layer); most leave the backdoor
+        # probe untouched. A first look on a part of the probe keeps the ones that cut it most for full scoring.
+        if len(extra) > extra_shortlist:
+            asr = train_env.probe_asr(extra)
+            extra = extra[np.lexsort((extra.sum(axis=1), asr))[:extra_shortlist]]
         ranked = np.concatenate([ranked, extra])
     pool = [(m | train_env.base_mask, o) for m, o in tried] + [
         (m | train_env.base_mask, o) for m, o in zip(ranked, train_env.score(ranked))]
