@@ -139,6 +139,32 @@ def test_policy_training_is_repeatable(tiny):
     assert not np.array_equal(masks_a, masks_c)
 
 
+def test_training_stops_once_the_policy_samples_one_mask(tiny):
+    """A policy that prunes nothing (rate ~0) samples the empty mask every step: with a patience of 2 it stops
+    after two such steps instead of running all ten; without one it runs them all."""
+    spec, lm, nmap, defense = tiny
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    x, y = defense.x[:64], defense.y[:64]
+    env = RewardEnv(evaluator, x, y, x[y != 0], 0, RewardConfig())
+    signals = _fake_signals(nmap)
+    batch = batch_graphs(build_graphs(lm, nmap, signals))
+    policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, initial_rate=1e-9)
+    settled = train_policy(policy, batch, env, TrainConfig(steps=10, masks_per_step=2, settled_patience=2))
+    assert settled.stopped_settled and len(settled.history) == 2
+    policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, initial_rate=1e-9)
+    full = train_policy(policy, batch, env, TrainConfig(steps=10, masks_per_step=2))
+    assert not full.stopped_settled and len(full.history) == 10
+
+
+def test_large_models_get_the_lighter_schedule():
+    from onnx_onp.sanitize import SanitizeConfig, large_model_schedule
+    given = SanitizeConfig(rounds=3)
+    large = large_model_schedule(given)
+    assert large.rounds == 2 and large.max_clean and large.train.settled_patience
+    assert large.synthesis.batch_size < given.synthesis.batch_size and large.refine_triggers < given.refine_triggers
+    assert given.max_clean is None and given.train.settled_patience is None  # the given config is untouched
+
+
 def test_sanitize_end_to_end_removes_the_backdoor(tiny_sanitized):
     """The committed tiny BadNets fixture: ASR must fall far, CA stay within budget, with clean data only."""
     result, paths = tiny_sanitized

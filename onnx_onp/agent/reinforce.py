@@ -91,6 +91,9 @@ class TrainConfig:
     lr: float = 0.02
     entropy_weight: float = 0.001
     max_seconds: float | None = None
+    # Stop after this many steps in a row whose sampled masks were all one and the same mask: the policy has
+    # settled and further steps only rescore it (None: always run every step).
+    settled_patience: int | None = None
     seed: int = 0
 
 
@@ -100,6 +103,7 @@ class TrainResult:
     tried: list[tuple[np.ndarray, Outcome]] = field(default_factory=list)  # every mask scored
     probabilities: np.ndarray | None = None  # final policy, per group
     seconds: float = 0.0
+    stopped_settled: bool = False  # training stopped early because the policy sampled one mask only
 
 
 def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConfig, progress=None) -> TrainResult:
@@ -108,6 +112,7 @@ def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConf
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     result = TrainResult()
     start = time.perf_counter()
+    settled = 0
     for step in range(config.steps):
         logits = policy(batch)
         decide = torch.isfinite(logits)
@@ -135,6 +140,10 @@ def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConf
         if progress is not None:
             progress(record)
         if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
+            break
+        settled = settled + 1 if (masks == masks[:1]).all() else 0
+        if config.settled_patience is not None and settled >= config.settled_patience:
+            result.stopped_settled = True
             break
     with torch.no_grad():
         result.probabilities = torch.sigmoid(policy(batch)).numpy()

@@ -75,12 +75,13 @@ def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_
 def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[np.ndarray, Outcome]],
                 probabilities: np.ndarray, prunable: np.ndarray, *, max_ca_drop: float,
                 max_fraction: float = 0.25, shortlist: int = 10, extra: np.ndarray | None = None,
-                extra_shortlist: int = 24) -> Decision:
+                extra_shortlist: int | None = None) -> Decision:
     ranked = ranked_masks(probabilities, prunable, max(1, int(max_fraction * prunable.sum())))
     if extra is not None and len(extra):
         # The per-layer signal masks are many (3 signals x 3 sizes x every layer); most leave the backdoor
-        # probe untouched. A first look on a part of the probe keeps the ones that cut it most for full scoring.
-        if len(extra) > extra_shortlist:
+        # probe untouched. For large models a first look on a part of the probe keeps the ones that cut it most
+        # for full scoring (elsewhere all are scored: the shortlist lost Blended its best mask).
+        if extra_shortlist is not None and len(extra) > extra_shortlist:
             asr = train_env.probe_asr(extra)
             extra = extra[np.lexsort((extra.sum(axis=1), asr))[:extra_shortlist]]
         ranked = np.concatenate([ranked, extra])

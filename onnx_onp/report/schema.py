@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -65,6 +65,8 @@ REPORT_SCHEMA = {
             "properties": {"mask_l1_per_class": {"type": "array", "items": _number, "minItems": 2},
                            "success_per_class": {"type": "array", "items": _share}}},
         "detector": {"enum": ["trigger synthesis", "neuron perturbation"]},
+        "schedule": {"enum": ["standard", "large model"],
+                     "description": "large model: the lighter settings used from 1M parameters on (README)"},
         "neuron_perturbation": {
             "type": "object", "description": "run only when trigger synthesis finds nothing",
             "required": ["suspected_target", "anomaly_index", "threshold", "min_share", "epsilon",
