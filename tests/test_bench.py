@@ -360,3 +360,18 @@ def test_bench_end_to_end_on_the_tiny_fixture(tmp_path, monkeypatch):
         np.testing.assert_array_equal(data.y, expected.y)
     allowed = {row.tobytes() for row in expected.x}
     assert rows_seen and all(row.tobytes() in allowed for batch in rows_seen for row in batch)
+
+
+def test_onp_time_table_lists_every_phase_and_the_ratios():
+    from types import SimpleNamespace as NS
+
+    from onnx_onp.bench.report import onp_time_lines
+
+    seconds = {"total": 100.0, "trigger_synthesis": 40.0, "agent_training": 30.0, "decision": 20.0,
+               "some_new_phase": 10.0, "onnxruntime": 50.0, "onnxruntime_share": 0.5}
+    rows = [NS(defense="onp", seconds=100.0, info={"seconds": seconds, "detector": "trigger synthesis"}),
+            NS(defense="clp", seconds=0.5, info={}), NS(defense="fp", seconds=10.0, info={})]
+    result = NS(cases=[NS(case=NS(name="m"), rows=rows)])
+    line = onp_time_lines(result)[-1]
+    assert line == ("| m | trigger synthesis | 100.0 | synthesis 40, agent training 30, decision 20, some_new_phase 10 "
+                    "| 50% | 200× | 10× |")

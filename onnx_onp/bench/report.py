@@ -139,7 +139,8 @@ def markdown_report(result: BenchResult, machine: dict, *, command: str | None =
 
 _PHASES = (("trigger_synthesis", "synthesis"), ("perturbation_scan", "perturbation scan"),
            ("trigger_refinement", "refinement"), ("signals_and_graphs", "signals + graphs"),
-           ("agent_training", "agent training"), ("resynthesis", "re-check"))
+           ("agent_training", "agent training"), ("decision", "decision"), ("resynthesis", "re-check"))
+_NOT_PHASES = ("total", "onnxruntime", "onnxruntime_share")
 
 
 def onp_time_lines(result: BenchResult) -> list[str]:
@@ -155,7 +156,10 @@ def onp_time_lines(result: BenchResult) -> list[str]:
         def ratio(name):
             other = rows.get(name)
             return f"{onp.seconds / other.seconds:.0f}×" if other and other.seconds > 0 else "–"
-        phases = ", ".join(f"{label} {seconds[key]:.0f}" for key, label in _PHASES if seconds.get(key))
+        labels = dict(_PHASES)
+        # Known phases in pipeline order, then any other (a phase added later must not vanish from the table).
+        keys = [k for k, _ in _PHASES] + [k for k in seconds if k not in labels and k not in _NOT_PHASES]
+        phases = ", ".join(f"{labels.get(key, key)} {seconds[key]:.0f}" for key in keys if seconds.get(key))
         lines.append(f"| {case.case.name} | {onp.info.get('detector', '–')} | {onp.seconds:.1f} | {phases} | "
                      f"{100 * seconds.get('onnxruntime_share', 0):.0f}% | {ratio('clp')} | {ratio('fp')} |")
     if not lines:
