@@ -373,5 +373,9 @@ def test_onp_time_table_lists_every_phase_and_the_ratios():
             NS(defense="clp", seconds=0.5, info={}), NS(defense="fp", seconds=10.0, info={})]
     result = NS(cases=[NS(case=NS(name="m"), rows=rows)])
     line = onp_time_lines(result)[-1]
+    from onnx_onp.bench.report import onp_time_lines_from_json
+    payload = {"cases": [{"name": "m", "rows": [{"defense": r.defense, "seconds": r.seconds, "info": r.info}
+                                                for r in rows]}]}
+    assert onp_time_lines_from_json(payload)[-1] == line
     assert line == ("| m | trigger synthesis | 100.0 | synthesis 40, agent training 30, decision 20, some_new_phase 10 "
                     "| 50% | 200× | 10× |")

@@ -160,7 +160,10 @@ def onp_time_lines(result: BenchResult) -> list[str]:
         # Known phases in pipeline order, then any other (a phase added later must not vanish from the table).
         keys = [k for k, _ in _PHASES] + [k for k in seconds if k not in labels and k not in _NOT_PHASES]
         phases = ", ".join(f"{labels.get(key, key)} {seconds[key]:.0f}" for key in keys if seconds.get(key))
-        lines.append(f"| {case.case.name} | {onp.info.get('detector', '–')} | {onp.seconds:.1f} | {phases} | "
+        detector = onp.info.get("detector", "–")
+        if str(onp.info.get("status", "")).startswith("no backdoor evidence"):
+            detector = "none found"  # both detectors ran and neither flagged the model
+        lines.append(f"| {case.case.name} | {detector} | {onp.seconds:.1f} | {phases} | "
                      f"{100 * seconds.get('onnxruntime_share', 0):.0f}% | {ratio('clp')} | {ratio('fp')} |")
     if not lines:
         return []
@@ -199,3 +202,22 @@ def result_to_json(result: BenchResult, machine: dict, *, command: str | None = 
     return _plain({"command": command,
                    "date": result.started or _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                    "machine": machine, "settings": config, "seconds": result.seconds, "cases": cases})
+
+
+def onp_time_lines_from_json(payload: dict) -> list[str]:
+    """The ONP's-time table of a saved `bench --json` run (for runs rendered before a phase was named)."""
+    from types import SimpleNamespace
+
+    cases = [SimpleNamespace(case=SimpleNamespace(name=c["name"]),
+                             rows=[SimpleNamespace(defense=r["defense"], seconds=r["seconds"], info=r["info"])
+                                   for r in c["rows"]])
+             for c in payload["cases"]]
+    return onp_time_lines(SimpleNamespace(cases=cases))
+
+
+if __name__ == "__main__":  # python -m onnx_onp.bench.report RUN.json: ONP's time table of a saved run
+    import json
+    import sys
+
+    for path in sys.argv[1:]:
+        print("\n".join(onp_time_lines_from_json(json.loads(open(path).read()))))
