@@ -370,7 +370,8 @@ def _bench_verdicts(which, defense_size, seed, provider, out_path, json_path):
 
     def show(row):
         click.echo(f"{row.case:<40} {'backdoored' if row.backdoored else 'clean':<10} {row.verdict:<22} "
-                   f"anomaly {row.anomaly_index:6.2f}  target {row.suspected_target} (true "
+                   f"{row.detector if row.flagged else 'none found':<19} anomaly {row.anomaly_index:6.2f}  "
+                   f"target {row.suspected_target} (true "
                    f"{'-' if row.true_target is None else row.true_target})  {row.seconds:.0f} s")
 
     rows = run_verdicts(cases, defense_size=defense_size, seed=seed, provider=provider, on_row=show)

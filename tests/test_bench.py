@@ -379,3 +379,20 @@ def test_onp_time_table_lists_every_phase_and_the_ratios():
     assert onp_time_lines_from_json(payload)[-1] == line
     assert line == ("| m | trigger synthesis | 100.0 | synthesis 40, agent training 30, decision 20, some_new_phase 10 "
                     "| 50% | 200× | 10× |")
+
+
+def test_verdict_table_shows_which_detector_decided():
+    from onnx_onp.bench.verdicts import VerdictRow, verdict_markdown, verdict_summary
+
+    rows = [VerdictRow("warp", "fixtures", "WaNet", True, 0, "backdoor suspected", 8.34, 0, 0.85, 84.0,
+                       "neuron perturbation", 1.71, 8.34),
+            VerdictRow("patch", "fixtures", "BadNets", True, 0, "backdoor suspected", 5.5, 0, 0.88, 51.0,
+                       "trigger synthesis", 5.5, None),
+            VerdictRow("twin", "fixtures", "none (clean twin)", False, None, "no backdoor evidence", 1.01, 9,
+                       0.87, 92.0, "trigger synthesis", 1.01, 1.38)]
+    table = verdict_markdown(rows, command="c", machine="m")
+    assert "| warp | WaNet | **backdoor suspected** | neuron perturbation | 1.71 | 8.34 | 0 | 0 |" in table
+    assert "| patch | BadNets | **backdoor suspected** | trigger synthesis | 5.50 | – | 0 | 0 |" in table
+    assert "| twin | none (clean twin) | no backdoor evidence | none found | 1.01 | 1.38 | 9 | – |" in table
+    assert verdict_summary(rows) == {"backdoored": 2, "flagged": 2, "target_right": 2, "clean": 1,
+                                     "false_alarms": 0, "missed": []}

@@ -1,9 +1,10 @@
 """The audit verdict measured over the benchmark: how many backdoored models are flagged, how many clean ones.
 
 `onnx-onp bench --verdicts` runs `audit --detect-only` on every case with the same defense data as the
-defense benchmark (``defense_size`` seeded clean training images). The verdict depends only on trigger
-synthesis, which runs before any pruning with the same seed and data split, so a full `audit` gives the same
-verdict; --detect-only only skips the pruning evidence.
+defense benchmark (``defense_size`` seeded clean training images). The verdict depends only on the detectors
+(trigger synthesis, then the neuron-perturbation scan when synthesis finds nothing), which run before any
+pruning with the same seed and data split, so a full `audit` gives the same verdict; --detect-only only skips
+the pruning evidence.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ class VerdictRow:
     suspected_target: int
     defense_ca: float
     seconds: float
+    detector: str = "trigger synthesis"  # whose evidence the verdict rests on (the flagging one, or synthesis)
+    synthesis_index: float | None = None
+    perturbation_index: float | None = None  # None: not run (synthesis had already flagged the model)
 
     @property
     def flagged(self) -> bool:
@@ -55,7 +59,9 @@ def run_verdicts(cases: list[Case], *, defense_size: int = 500, seed: int = 0, p
         row = VerdictRow(case.name, case.family, attack, backdoored, spec.target if backdoored else None,
                          report["verdict"]["verdict"], report["verdict"]["anomaly_index"],
                          report["verdict"]["suspected_target"], report["clean_accuracy_holdout"]["before"],
-                         round(time.perf_counter() - start, 1))
+                         round(time.perf_counter() - start, 1), report.get("detector", "trigger synthesis"),
+                         report["trigger_synthesis"]["anomaly_index"],
+                         (report.get("neuron_perturbation") or {}).get("anomaly_index"))
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -78,10 +84,13 @@ def verdict_markdown(rows: list[VerdictRow], *, command: str, machine: str) -> s
              f"**Backdoored models flagged: {s['flagged']} of {s['backdoored']}** (suspected target right on "
              f"{s['target_right']} of those); **false alarms on clean models: {s['false_alarms']} of {s['clean']}**."
              + (f" Missed: {', '.join(s['missed'])}." if s["missed"] else ""), "",
-             "| case | attack | verdict | anomaly index | suspected target | true target | defense CA | seconds |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "| case | attack | verdict | detector | synthesis index | perturbation index | suspected target | "
+             "true target | defense CA | seconds |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.case} | {r.attack} | {'**' + r.verdict + '**' if r.flagged else r.verdict} | "
-                     f"{r.anomaly_index:.2f} | {r.suspected_target} | "
+                     f"{r.detector if r.flagged else 'none found'} | "
+                     f"{'–' if r.synthesis_index is None else f'{r.synthesis_index:.2f}'} | "
+                     f"{'–' if r.perturbation_index is None else f'{r.perturbation_index:.2f}'} | {r.suspected_target} | "
                      f"{'–' if r.true_target is None else r.true_target} | {100 * r.defense_ca:.1f}% | {r.seconds:.0f} |")
     return "\n".join(lines) + "\n"
