@@ -40,7 +40,7 @@ class SanitizeConfig:
     anomaly_threshold: float = 2.0  # below it: no backdoor evidence, nothing is pruned (unless force)
     force: bool = False
     min_defense_accuracy: float = 0.5  # below it the report warns: wrong preprocessing or labels, most likely
-    prune: bool = True  # False: stop after trigger synthesis (a verdict only: `audit --detect-only`)
+    prune: bool = True  # False: stop after the detectors (a verdict only: `audit --detect-only`)
     gnn: str = "graphconv"
     prior: dict = field(default_factory=lambda: {"act_shift": 1.0, "blc": 1.0, "lipschitz": 0.5})  # policy warm start
     refine_triggers: int = 2  # fresh syntheses of the suspect's trigger used by the reward
