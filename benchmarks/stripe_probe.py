@@ -1,0 +1,83 @@
+"""A negative result kept runnable: does a 1-D stripe synthesized per class detect the SIG backdoor?
+
+    python -m benchmarks.stripe_probe --cases resnet18_sig_cifar10,resnet18_clean_cifar10 --weights 2,8
+
+SIG's trigger is a sinusoid over the image's columns, the same in every row and channel. For every class, Adam
+(100 steps, batches of 32 from 350 defense images) finds one pattern over the columns (or rows), in units of
+each channel's data range and shared by all rows and channels, minimising cross-entropy towards the class +
+weight * mean|pattern|. The backdoor's target should need the smallest stripe; the anomaly index is the same
+robust z-score trigger synthesis uses. Not part of ONP: on the SIG fixture the target does get the smallest
+stripe, but the index stays near 1.3 while the clean twin scores 2.62 on a class at weight 2 (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from onnx_onp.bench import DataSplits, discover_cases
+from onnx_onp.data import Spec
+from onnx_onp.load import load_model
+from onnx_onp.metrics import prepare
+from onnx_onp.mirror import TorchMirror
+from onnx_onp.neuron_map import build_neuron_map
+from onnx_onp.signals.synthesis import anomaly_indices, channel_range
+
+
+def stripe_norms(mirror, x, y, num_classes, *, weight, axis="cols", steps=100, batch=32, lr=0.05, seed=0):
+    """Per class: mean |stripe| and the share of 256 other-class images it sends to the class (NCHW input)."""
+    generator = torch.Generator().manual_seed(seed)
+    xt = torch.from_numpy(x)
+    low, high = map(torch.from_numpy, channel_range(x, "NCHW"))
+    shape = [1, 1, x.shape[3]] if axis == "cols" else [1, x.shape[2], 1]
+    norms, success = [], []
+    for target in range(num_classes):
+        others = np.flatnonzero(y != target)
+        stripe = torch.zeros(shape, requires_grad=True)
+        optimizer = torch.optim.Adam([stripe], lr=lr)
+        labels = torch.full((batch,), target)
+        for _ in range(steps):
+            pick = torch.from_numpy(others[torch.randint(len(others), (batch,), generator=generator).numpy()])
+            logits = mirror(torch.clamp(xt[pick] + stripe * (high - low), low, high), logits=True)
+            loss = F.cross_entropy(logits, labels) + weight * stripe.abs().mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            out = mirror(torch.clamp(xt[torch.from_numpy(others[:256])] + stripe * (high - low), low, high))
+            success.append(float((out.argmax(1) == target).float().mean()))
+            norms.append(float(stripe.abs().mean()))
+    return np.array(norms), np.array(success)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", default="resnet18_sig_cifar10,resnet18_clean_cifar10")
+    parser.add_argument("--weights", default="2,8")
+    parser.add_argument("--axis", choices=("cols", "rows"), default="cols")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    splits = DataSplits()
+    for case in discover_cases(args.cases):
+        spec = Spec.load(case.spec)
+        lm = load_model(case.model)
+        defense, _ = splits.defense_and_test(case.dataset, 500, 0)
+        data = prepare(lm, defense, spec.preprocess)
+        mirror = TorchMirror(lm, build_neuron_map(lm))
+        for weight in (float(w) for w in args.weights.split(",")):
+            start = time.perf_counter()
+            norms, success = stripe_norms(mirror, data.x[:350], data.y[:350], lm.num_classes, weight=weight,
+                                          axis=args.axis)
+            index = anomaly_indices(norms)
+            print(f"{case.name:28s} (spec target {spec.target}) {args.axis} weight {weight:g}: suspect "
+                  f"{int(np.argmax(index))}, anomaly index {index.max():.2f}; mean|stripe| per class "
+                  f"{np.round(norms, 3).tolist()}; success {np.round(success, 2).tolist()}; "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
