@@ -53,22 +53,27 @@ def additive_norms(mirror, x, y, num_classes, *, weight, steps=100, batch=32, lr
     return np.array(norms), np.array(success)
 
 
+def probe_inputs(cases: str):
+    """Per benchmark case: the case, its spec, model, the benchmark's 500 defense images prepared for it, and its
+    torch mirror (one thread: the probes' timings stay comparable)."""
+    torch.set_num_threads(1)
+    splits = DataSplits()
+    for case in discover_cases(cases):
+        spec = Spec.load(case.spec)
+        lm = load_model(case.model)
+        defense, _ = splits.defense_and_test(case.dataset, 500, 0)
+        yield case, spec, lm, prepare(lm, defense, spec.preprocess), TorchMirror(lm, build_neuron_map(lm))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="resnet18_sig_cifar10,resnet18_wanet_cifar10,resnet18_blended_cifar10,"
                                            "resnet18_clean_cifar10")
     parser.add_argument("--weight", type=float, default=2.0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    splits = DataSplits()
-    for case in discover_cases(args.cases):
-        spec = Spec.load(case.spec)
-        lm = load_model(case.model)
-        defense, _ = splits.defense_and_test(case.dataset, 500, 0)
-        data = prepare(lm, defense, spec.preprocess)
+    for case, spec, lm, data, mirror in probe_inputs(args.cases):
         start = time.perf_counter()
-        norms, success = additive_norms(TorchMirror(lm, build_neuron_map(lm)), data.x[:350], data.y[:350],
-                                        lm.num_classes, weight=args.weight)
+        norms, success = additive_norms(mirror, data.x[:350], data.y[:350], lm.num_classes, weight=args.weight)
         index = anomaly_indices(norms)
         attack = json.loads(case.spec.read_text()).get("attack", "?")
         print(f"{case.name:32s} ({attack}; spec target {spec.target}) weight {args.weight:g}: suspect "

@@ -19,12 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from onnx_onp.bench import DataSplits, discover_cases
-from onnx_onp.data import Spec
-from onnx_onp.load import load_model
-from onnx_onp.metrics import prepare
-from onnx_onp.mirror import TorchMirror
-from onnx_onp.neuron_map import build_neuron_map
+from benchmarks.additive_probe import probe_inputs
 from onnx_onp.signals.synthesis import anomaly_indices, channel_range
 
 
@@ -60,14 +55,7 @@ def main(argv=None):
     parser.add_argument("--weights", default="2,8")
     parser.add_argument("--axis", choices=("cols", "rows"), default="cols")
     args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    splits = DataSplits()
-    for case in discover_cases(args.cases):
-        spec = Spec.load(case.spec)
-        lm = load_model(case.model)
-        defense, _ = splits.defense_and_test(case.dataset, 500, 0)
-        data = prepare(lm, defense, spec.preprocess)
-        mirror = TorchMirror(lm, build_neuron_map(lm))
+    for case, spec, lm, data, mirror in probe_inputs(args.cases):
         for weight in (float(w) for w in args.weights.split(",")):
             start = time.perf_counter()
             norms, success = stripe_norms(mirror, data.x[:350], data.y[:350], lm.num_classes, weight=weight,

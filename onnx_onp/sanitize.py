@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .agent.policy import PruningPolicy
+from .agent.policy import INITIAL_RATE, PruningPolicy
 from .agent.reinforce import RewardConfig, RewardEnv, TrainConfig, train_policy
 from .data import Dataset, Preprocess
 from .decide.choose import choose_mask, signal_masks
@@ -288,8 +288,8 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
             batch = batch_graphs(graphs)
             if policy is None:
                 prior = {signals.names.index(name): weight for name, weight in config.prior.items()}
-                rate = 0.02 if config.initial_prune_groups is None else min(
-                    0.02, config.initial_prune_groups / max(1, int(nmap.prunable.sum())))
+                rate = INITIAL_RATE if config.initial_prune_groups is None else min(
+                    INITIAL_RATE, config.initial_prune_groups / max(1, int(nmap.prunable.sum())))
                 policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, kind=config.gnn, prior=prior,
                                        initial_rate=rate)
             timer.lap("signals_and_graphs")

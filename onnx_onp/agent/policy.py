@@ -16,11 +16,12 @@ from torch_geometric.nn import GATConv, GraphConv, SAGEConv
 from torch_geometric.utils import scatter
 
 GNN_KINDS = ("graphconv", "sage", "gat")
+INITIAL_RATE = 0.02  # the policy's prune probability before training, unless a caller sets it
 
 
 class PruningPolicy(nn.Module):
     def __init__(self, in_dim: int, num_groups: int, *, hidden: int = 32, kind: str = "graphconv",
-                 initial_rate: float = 0.02, prior: dict[int, float] | None = None):
+                 initial_rate: float = INITIAL_RATE, prior: dict[int, float] | None = None):
         super().__init__()
         if kind not in GNN_KINDS:
             raise ValueError(f"kind must be one of {GNN_KINDS}")

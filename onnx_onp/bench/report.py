@@ -140,6 +140,7 @@ def markdown_report(result: BenchResult, machine: dict, *, command: str | None =
 _PHASES = (("trigger_synthesis", "synthesis"), ("perturbation_scan", "perturbation scan"),
            ("trigger_refinement", "refinement"), ("signals_and_graphs", "signals + graphs"),
            ("agent_training", "agent training"), ("decision", "decision"), ("resynthesis", "re-check"))
+_PHASE_LABELS = dict(_PHASES)
 _NOT_PHASES = ("total", "onnxruntime", "onnxruntime_share")
 
 
@@ -156,10 +157,9 @@ def onp_time_lines(result: BenchResult) -> list[str]:
         def ratio(name):
             other = rows.get(name)
             return f"{onp.seconds / other.seconds:.0f}×" if other and other.seconds > 0 else "–"
-        labels = dict(_PHASES)
         # Known phases in pipeline order, then any other (a phase added later must not vanish from the table).
-        keys = [k for k, _ in _PHASES] + [k for k in seconds if k not in labels and k not in _NOT_PHASES]
-        phases = ", ".join(f"{labels.get(key, key)} {seconds[key]:.0f}" for key in keys if seconds.get(key))
+        keys = [k for k, _ in _PHASES] + [k for k in seconds if k not in _PHASE_LABELS and k not in _NOT_PHASES]
+        phases = ", ".join(f"{_PHASE_LABELS.get(key, key)} {seconds[key]:.0f}" for key in keys if seconds.get(key))
         detector = onp.info.get("detector", "–")
         if str(onp.info.get("status", "")).startswith("no backdoor evidence"):
             detector = "none found"  # both detectors ran and neither flagged the model
