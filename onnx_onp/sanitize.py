@@ -29,6 +29,8 @@ from .report.schema import SCHEMA_NAME, SCHEMA_VERSION
 from .report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_SANITIZED, STATUS_UNSANITIZABLE,
                              layer_detail, verdict_of)
 from .signals.features import compute_signals
+from .signals.amplification import AmplificationConfig
+from .signals.amplification import scan as amplification_scan
 from .signals.perturbation import PerturbationConfig, perturb_towards, scan
 from .signals.synthesis import SynthesisConfig, amplify, anomaly_indices, spatial_axes, synthesize
 
@@ -70,6 +72,13 @@ class SanitizeConfig:
     # ... and the share itself: on nets where no class moves (shares of 0-14%) the index alone is noise
     perturbation_min_share: float = 0.5
     perturbation: PerturbationConfig = field(default_factory=PerturbationConfig)
+    # The third, run when neither finds anything (SIG): one group at a time amplified; the suspect's probe is
+    # then its synthesized trigger, as for the first detector.
+    amplification_scan: bool = True
+    # Anomaly index of the target's count of settings: measured 8.47 on SIG, 3.06 on the clean ResNet-18 twin
+    amplification_threshold: float = 5.0
+    amplification_min_fraction: float = 0.05  # ... and its count as a share of all settings
+    amplification: AmplificationConfig = field(default_factory=AmplificationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -171,12 +180,14 @@ LARGE_MODEL_PARAMETERS = 1_000_000
 def large_model_schedule(config: SanitizeConfig) -> SanitizeConfig:
     """The settings for a model from LARGE_MODEL_PARAMETERS on: where each forward pass costs ~10x a width-8
     ResNet-18's, the same search would take 15-20 minutes. Smaller synthesis batches, one refined trigger,
-    fewer images per reward, a shorter decision and one re-check round; and a policy that starts at a handful
-    of groups, not 2% of them (2% of 1440 groups already costs most of the clean accuracy)."""
+    fewer images per reward, a shorter decision and one re-check round; a policy that starts at a handful
+    of groups, not 2% of them (2% of 1440 groups already costs most of the clean accuracy); and an amplification
+    scan of 200 evenly spaced groups on 50 images (all 1440 on 100 would take ~15 minutes)."""
     return replace(config, synthesis=replace(config.synthesis, batch_size=16), refine_triggers=1,
                    refine_steps=150, max_stamped=150, max_clean=200, initial_prune_groups=8.0,
                    extra_shortlist=12, rounds=min(config.rounds, 2),
-                   train=replace(config.train, settled_patience=3))
+                   train=replace(config.train, settled_patience=3),
+                   amplification=replace(config.amplification, images=50, max_groups=200))
 
 
 def _parameters(lm: LoadedModel) -> int:
@@ -213,6 +224,18 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         progress.note(f"neuron perturbation: suspected target {perturbation.suspect}, anomaly index "
                       f"{perturbation.anomaly_index:.2f} "
                       f"({'backdoor suspected' if detector == 'neuron perturbation' else 'no backdoor evidence'})")
+    amplification = None
+    if not suspected and config.amplification_scan:
+        progress.stage("neuron-amplification scan, one group at a time")
+        amplification = amplification_scan(evaluator, train.x, train.y, lm.num_classes, config.amplification,
+                                           seed=config.seed)
+        timer.lap("amplification_scan")
+        if (amplification.anomaly_index >= config.amplification_threshold
+                and amplification.fraction >= config.amplification_min_fraction):
+            suspected, target, detector = True, amplification.suspect, "neuron amplification"
+        progress.note(f"neuron amplification: suspected target {amplification.suspect}, anomaly index "
+                      f"{amplification.anomaly_index:.2f} "
+                      f"({'backdoor suspected' if detector == 'neuron amplification' else 'no backdoor evidence'})")
     # Others' mask norms: a trigger for the target much smaller than these means the backdoor is still there.
     others_median = float(np.median([n for c, n in enumerate(synthesis.norms) if c != target]))
     report = {
@@ -239,6 +262,15 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                                          "epsilon": config.perturbation.epsilon,
                                          "share_per_class": [round(v, 3) for v in perturbation.shares],
                                          "seconds": round(perturbation.seconds, 2)}
+    if amplification is not None:
+        report["neuron_amplification"] = {"suspected_target": amplification.suspect,
+                                          "anomaly_index": round(amplification.anomaly_index, 3),
+                                          "threshold": config.amplification_threshold,
+                                          "min_fraction": config.amplification_min_fraction,
+                                          "factors": list(config.amplification.factors),
+                                          "settings": amplification.settings,
+                                          "count_per_class": amplification.counts,
+                                          "seconds": round(amplification.seconds, 2)}
     mask = nmap.empty_mask()
     triggers = []
     rounds = []
@@ -347,7 +379,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         report["policy_probabilities"] = [round(float(p), 4) for p in probabilities]
         report["most_affected_layer"] = layer_detail(lm, nmap, mask, probabilities, signals, graphs)
     else:
-        hold_env = _env(evaluator, holdout, [perturbation.best if by_perturbation else synthesis.best], target,
+        hold_env = _env(evaluator, holdout, [perturbation.best if by_perturbation else synthesis.candidates[target]], target,
                         axes, config.reward,
                         max_stamped=config.max_stamped, seed=config.seed)
     progress.stage("checking the decision on held-out defense data")

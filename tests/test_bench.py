@@ -388,11 +388,14 @@ def test_verdict_table_shows_which_detector_decided():
                        "neuron perturbation", 1.71, 8.34),
             VerdictRow("patch", "fixtures", "BadNets", True, 0, "backdoor suspected", 5.5, 0, 0.88, 51.0,
                        "trigger synthesis", 5.5, None),
+            VerdictRow("sine", "fixtures", "SIG", True, 0, "backdoor suspected", 8.47, 0, 0.81, 99.0,
+                       "neuron amplification", 1.56, 1.73, 8.47),
             VerdictRow("twin", "fixtures", "none (clean twin)", False, None, "no backdoor evidence", 1.01, 9,
-                       0.87, 92.0, "trigger synthesis", 1.01, 1.38)]
+                       0.87, 92.0, "trigger synthesis", 1.01, 1.38, 3.06)]
     table = verdict_markdown(rows, command="c", machine="m")
-    assert "| warp | WaNet | **backdoor suspected** | neuron perturbation | 1.71 | 8.34 | 0 | 0 |" in table
-    assert "| patch | BadNets | **backdoor suspected** | trigger synthesis | 5.50 | – | 0 | 0 |" in table
-    assert "| twin | none (clean twin) | no backdoor evidence | none found | 1.01 | 1.38 | 9 | – |" in table
-    assert verdict_summary(rows) == {"backdoored": 2, "flagged": 2, "target_right": 2, "clean": 1,
+    assert "| warp | WaNet | **backdoor suspected** | neuron perturbation | 1.71 | 8.34 | – | 0 | 0 |" in table
+    assert "| patch | BadNets | **backdoor suspected** | trigger synthesis | 5.50 | – | – | 0 | 0 |" in table
+    assert "| sine | SIG | **backdoor suspected** | neuron amplification | 1.56 | 1.73 | 8.47 | 0 | 0 |" in table
+    assert "| twin | none (clean twin) | no backdoor evidence | none found | 1.01 | 1.38 | 3.06 | 9 | – |" in table
+    assert verdict_summary(rows) == {"backdoored": 3, "flagged": 3, "target_right": 3, "clean": 1,
                                      "false_alarms": 0, "missed": []}

@@ -33,6 +33,7 @@ class VerdictRow:
     detector: str = "trigger synthesis"  # whose evidence the verdict rests on (the flagging one, or synthesis)
     synthesis_index: float | None = None
     perturbation_index: float | None = None  # None: not run (synthesis had already flagged the model)
+    amplification_index: float | None = None  # None: not run (an earlier detector had flagged the model)
 
     @property
     def flagged(self) -> bool:
@@ -61,7 +62,8 @@ def run_verdicts(cases: list[Case], *, defense_size: int = 500, seed: int = 0, p
                          report["verdict"]["suspected_target"], report["clean_accuracy_holdout"]["before"],
                          round(time.perf_counter() - start, 1), report.get("detector", "trigger synthesis"),
                          report["trigger_synthesis"]["anomaly_index"],
-                         (report.get("neuron_perturbation") or {}).get("anomaly_index"))
+                         (report.get("neuron_perturbation") or {}).get("anomaly_index"),
+                         (report.get("neuron_amplification") or {}).get("anomaly_index"))
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -84,13 +86,14 @@ def verdict_markdown(rows: list[VerdictRow], *, command: str, machine: str) -> s
              f"**Backdoored models flagged: {s['flagged']} of {s['backdoored']}** (suspected target right on "
              f"{s['target_right']} of those); **false alarms on clean models: {s['false_alarms']} of {s['clean']}**."
              + (f" Missed: {', '.join(s['missed'])}." if s["missed"] else ""), "",
-             "| case | attack | verdict | detector | synthesis index | perturbation index | suspected target | "
-             "true target | defense CA | seconds |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| case | attack | verdict | detector | synthesis index | perturbation index | amplification index | "
+             "suspected target | true target | defense CA | seconds |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.case} | {r.attack} | {'**' + r.verdict + '**' if r.flagged else r.verdict} | "
                      f"{r.detector if r.flagged else 'none found'} | "
                      f"{'–' if r.synthesis_index is None else f'{r.synthesis_index:.2f}'} | "
-                     f"{'–' if r.perturbation_index is None else f'{r.perturbation_index:.2f}'} | {r.suspected_target} | "
+                     f"{'–' if r.perturbation_index is None else f'{r.perturbation_index:.2f}'} | "
+                     f"{'–' if r.amplification_index is None else f'{r.amplification_index:.2f}'} | {r.suspected_target} | "
                      f"{'–' if r.true_target is None else r.true_target} | {100 * r.defense_ca:.1f}% | {r.seconds:.0f} |")
     return "\n".join(lines) + "\n"

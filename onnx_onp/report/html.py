@@ -85,6 +85,28 @@ def figure_perturbation_shares(report: dict) -> str:
     return _png(fig)
 
 
+def figure_amplification_counts(report: dict) -> str:
+    scan = report["neuron_amplification"]
+    counts = np.array(scan["count_per_class"])
+    target = scan["suspected_target"]
+    flagged = report.get("detector") == "neuron amplification" and report["backdoor_suspected"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 2.8))
+    ax.bar(np.arange(len(counts)), counts, color=[_RED if c == target and flagged else _BLUE
+                                                  for c in range(len(counts))])
+    ax.axhline(np.median(counts), color="k", lw=0.8, ls="--", label="median over classes")
+    ax.set_xlabel("class")
+    ax.set_ylabel("settings")
+    factors = " and ".join(f"{f:g}" for f in scan["factors"])
+    ax.set_title(f"Single groups amplified (x{factors}, {scan['settings']} settings) that send nearly all other "
+                 f"images to each class; class {target}: anomaly index {scan['anomaly_index']:.2f}", fontsize=9,
+                 loc="left")
+    if len(counts) <= 20:
+        ax.set_xticks(np.arange(len(counts)))
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def figure_pruned_per_layer(report: dict) -> str:
     rows = report["pruned"]["per_layer_counts"]
     plt = _plt()
@@ -284,6 +306,21 @@ def render_html(report: dict) -> str:
                 f"answer.")
         else:
             parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
+    elif suspected and v.get("detector") == "neuron amplification":
+        parts.append(
+            f"No class can be reached with an unusually small input patch or neuron perturbation, but amplifying "
+            f"single neuron groups sends nearly all clean images to class {v['suspected_target']} in "
+            f"{v['target_amplification_count']} of {report['neuron_amplification']['settings']} settings, against a "
+            f"median of {v['others_median_amplification_count']:g} for the other classes: the network has learnt "
+            f"that a strong signal means that class, as image-wide triggers (SIG) teach it. ")
+        if report["pruned"]["neurons"]:
+            parts.append(
+                f"onnx-onp removed {report['pruned']['neurons']} neurons that respond to that class's synthesized "
+                f"trigger while keeping clean accuracy within the budget of "
+                f"{100 * report['config']['max_ca_drop']:.1f} points; "
+                f"{_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their answer.")
+        else:
+            parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
     elif suspected:
         parts.append(
             f"Among the {len(report['trigger_synthesis']['mask_l1_per_class'])} classes, class "
@@ -300,10 +337,12 @@ def render_html(report: dict) -> str:
             parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
     else:
         parts.append("No class stands out: no reverse-engineered trigger is unusually small"
-                     + (", and no small neuron perturbation sends the images of other classes to one class"
+                     + (", no small neuron perturbation sends the images of other classes to one class"
                         if "neuron_perturbation" in report else "")
+                     + (", and no class collects an outlier number of amplified neurons"
+                        if "neuron_amplification" in report else "")
                      + ", so there is no backdoor evidence and nothing was changed. This is evidence, not proof: "
-                       "some triggers (image-wide signals such as SIG's) escape both tests.")
+                       "a trigger may escape every test.")
     parts.append(f"</p><p class='muted'>Rule: {_e(v['rule'])}.</p>")
     if "attack_success_rate" not in audit:
         parts.append("<p class='muted'>No poisoned data or trigger spec was given, so the real attack success "
@@ -318,6 +357,11 @@ def render_html(report: dict) -> str:
         parts.append(_figure(figure_perturbation_shares(report), "neuron perturbation per class",
                              "For each class, the share of the other classes' clean images that one bounded "
                              "change of the neurons' strengths sends there. A backdoor target takes almost all."))
+    if "neuron_amplification" in report:
+        parts.append("<h2>Evidence: neuron amplification</h2>")
+        parts.append(_figure(figure_amplification_counts(report), "neuron amplification per class",
+                             "For each class, how many single neuron groups, amplified, send at least 90% of the "
+                             "other classes' clean images there. A backdoor target collects far more."))
     if v["carrier_neurons"]:
         parts.append("<p>Neurons that carry the signal (pruned, strongest activation shift under the synthesized "
                      "trigger first): " + ", ".join(f"<code>{_e(n)}</code>" for n in v["carrier_neurons"]) + "</p>")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -45,10 +45,12 @@ REPORT_SCHEMA = {
             "required": ["verdict", "rule", "suspected_target", "anomaly_index", "threshold", "carrier_neurons",
                          "prediction_agreement_holdout"],
             "properties": {"verdict": {"enum": ["backdoor suspected", "no backdoor evidence"]},
-                           "detector": {"enum": ["trigger synthesis", "neuron perturbation"],
+                           "detector": {"enum": ["trigger synthesis", "neuron perturbation", "neuron amplification"],
                                         "description": "the detector whose numbers the verdict quotes"},
                            "target_perturbation_share": _share,
                            "others_median_perturbation_share": _share,
+                           "target_amplification_count": {"type": "integer", "minimum": 0},
+                           "others_median_amplification_count": _number,
                            "rule": {"type": "string"}, "suspected_target": {"type": "integer", "minimum": 0},
                            "anomaly_index": _number, "threshold": _number,
                            "target_trigger_l1": _number, "others_median_trigger_l1": {"type": ["number", "null"]},
@@ -64,7 +66,7 @@ REPORT_SCHEMA = {
             "type": "object", "required": ["suspected_target", "anomaly_index", "threshold", "mask_l1_per_class"],
             "properties": {"mask_l1_per_class": {"type": "array", "items": _number, "minItems": 2},
                            "success_per_class": {"type": "array", "items": _share}}},
-        "detector": {"enum": ["trigger synthesis", "neuron perturbation"]},
+        "detector": {"enum": ["trigger synthesis", "neuron perturbation", "neuron amplification"]},
         "schedule": {"enum": ["standard", "large model"],
                      "description": "large model: the lighter settings used from 1M parameters on (README)"},
         "neuron_perturbation": {
@@ -73,6 +75,15 @@ REPORT_SCHEMA = {
                          "share_per_class"],
             "properties": {"share_per_class": {"type": "array", "items": _share, "minItems": 2},
                            "epsilon": _number, "min_share": _share}},
+        "neuron_amplification": {
+            "type": "object", "description": "run only when neither trigger synthesis nor neuron perturbation finds "
+                                             "anything",
+            "required": ["suspected_target", "anomaly_index", "threshold", "min_fraction", "factors", "settings",
+                         "count_per_class"],
+            "properties": {"count_per_class": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                                               "minItems": 2},
+                           "settings": {"type": "integer", "minimum": 0}, "min_fraction": _share,
+                           "factors": {"type": "array", "items": _number}}},
         "defense_data": {"type": "object", "required": ["samples", "train", "holdout"],
                          "properties": {"samples": {"type": "integer", "minimum": 1}}},
         "clean_accuracy_holdout": {"type": "object", "required": ["before", "after", "drop"],
