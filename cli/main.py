@@ -435,7 +435,7 @@ def sanitize(model, output, shrink, html_path, fail_on, **options):
               show_default=True, help="Exit 10 when a backdoor is suspected (suspected), 11 when one cannot be "
                                       "pruned within the budget (suspected, unsanitizable), or always 0 (never).")
 @click.option("--detect-only", is_flag=True,
-              help="Verdict from the detectors only (trigger synthesis, then neuron perturbation); skip the pruning analysis (faster, less evidence).")
+              help="Verdict from the detectors only (trigger synthesis, then neuron perturbation, then neuron amplification); skip the pruning analysis (faster, less evidence).")
 @_with(onp_options)
 @_with(data_options)
 def audit(model, html_path, fail_on, detect_only, **options):

@@ -138,6 +138,7 @@ def markdown_report(result: BenchResult, machine: dict, *, command: str | None =
 
 
 _PHASES = (("trigger_synthesis", "synthesis"), ("perturbation_scan", "perturbation scan"),
+           ("amplification_scan", "amplification scan"),
            ("trigger_refinement", "refinement"), ("signals_and_graphs", "signals + graphs"),
            ("agent_training", "agent training"), ("decision", "decision"), ("resynthesis", "re-check"))
 _PHASE_LABELS = dict(_PHASES)
@@ -162,7 +163,7 @@ def onp_time_lines(result: BenchResult) -> list[str]:
         phases = ", ".join(f"{_PHASE_LABELS.get(key, key)} {seconds[key]:.0f}" for key in keys if seconds.get(key))
         detector = onp.info.get("detector", "–")
         if str(onp.info.get("status", "")).startswith("no backdoor evidence"):
-            detector = "none found"  # both detectors ran and neither flagged the model
+            detector = "none found"  # every detector ran and none flagged the model
         lines.append(f"| {case.case.name} | {detector} | {onp.seconds:.1f} | {phases} | "
                      f"{100 * seconds.get('onnxruntime_share', 0):.0f}% | {ratio('clp')} | {ratio('fp')} |")
     if not lines:
