@@ -45,66 +45,55 @@ def _e(text) -> str:
 # ---------------------------------------------------------------- figures
 
 
-def figure_trigger_norms(report: dict) -> str:
-    ts = report["trigger_synthesis"]
-    norms = np.array(ts["mask_l1_per_class"])
-    target = ts["suspected_target"]
+def _per_class_bars(values, target: int, flagged: bool, ylabel: str, title: str, ylim=None) -> str:
+    """One bar per class, the flagged suspect in red, the median dashed: the picture every detector gives."""
+    values = np.asarray(values, dtype=float)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 2.8))
-    colors = [_RED if c == target and report["backdoor_suspected"] else _BLUE for c in range(len(norms))]
-    ax.bar(np.arange(len(norms)), norms, color=colors)
-    ax.axhline(np.median(norms), color="k", lw=0.8, ls="--", label="median over classes")
+    ax.bar(np.arange(len(values)), values, color=[_RED if c == target and flagged else _BLUE
+                                                  for c in range(len(values))])
+    ax.axhline(np.median(values), color="k", lw=0.8, ls="--", label="median over classes")
     ax.set_xlabel("class")
-    ax.set_ylabel("trigger size (mask L1)")
-    ax.set_title(f"Smallest trigger that sends clean images to each class; class {target}: anomaly index "
-                 f"{ts['anomaly_index']:.2f} (threshold {ts['threshold']})", fontsize=9, loc="left")
-    if len(norms) <= 20:
-        ax.set_xticks(np.arange(len(norms)))
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_title(title, fontsize=9, loc="left")
+    if len(values) <= 20:
+        ax.set_xticks(np.arange(len(values)))
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def _flagged_by(report: dict, detector: str) -> bool:
+    # Only the detector that decided colours its suspect: the others may name another class.
+    return report["backdoor_suspected"] and report.get("detector", "trigger synthesis") == detector
+
+
+def figure_trigger_norms(report: dict) -> str:
+    ts = report["trigger_synthesis"]
+    target = ts["suspected_target"]
+    return _per_class_bars(ts["mask_l1_per_class"], target, _flagged_by(report, "trigger synthesis"),
+                           "trigger size (mask L1)",
+                           f"Smallest trigger that sends clean images to each class; class {target}: anomaly index "
+                           f"{ts['anomaly_index']:.2f} (threshold {ts['threshold']})")
 
 
 def figure_perturbation_shares(report: dict) -> str:
     scan = report["neuron_perturbation"]
-    shares = 100 * np.array(scan["share_per_class"])
     target = scan["suspected_target"]
-    flagged = report.get("detector") == "neuron perturbation" and report["backdoor_suspected"]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 2.8))
-    ax.bar(np.arange(len(shares)), shares, color=[_RED if c == target and flagged else _BLUE
-                                                  for c in range(len(shares))])
-    ax.axhline(np.median(shares), color="k", lw=0.8, ls="--", label="median over classes")
-    ax.set_xlabel("class")
-    ax.set_ylabel("images moved (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"Share of other classes' clean images a ±{scan['epsilon']:g} neuron perturbation sends to each "
-                 f"class; class {target}: anomaly index {scan['anomaly_index']:.2f}", fontsize=9, loc="left")
-    if len(shares) <= 20:
-        ax.set_xticks(np.arange(len(shares)))
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _per_class_bars(100 * np.array(scan["share_per_class"]), target,
+                           _flagged_by(report, "neuron perturbation"), "images moved (%)",
+                           f"Share of other classes' clean images a ±{scan['epsilon']:g} neuron perturbation sends "
+                           f"to each class; class {target}: anomaly index {scan['anomaly_index']:.2f}", ylim=(0, 100))
 
 
 def figure_amplification_counts(report: dict) -> str:
     scan = report["neuron_amplification"]
-    counts = np.array(scan["count_per_class"])
     target = scan["suspected_target"]
-    flagged = report.get("detector") == "neuron amplification" and report["backdoor_suspected"]
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 2.8))
-    ax.bar(np.arange(len(counts)), counts, color=[_RED if c == target and flagged else _BLUE
-                                                  for c in range(len(counts))])
-    ax.axhline(np.median(counts), color="k", lw=0.8, ls="--", label="median over classes")
-    ax.set_xlabel("class")
-    ax.set_ylabel("settings")
     factors = " and ".join(f"{f:g}" for f in scan["factors"])
-    ax.set_title(f"Single groups amplified (x{factors}, {scan['settings']} settings) that send nearly all other "
-                 f"images to each class; class {target}: anomaly index {scan['anomaly_index']:.2f}", fontsize=9,
-                 loc="left")
-    if len(counts) <= 20:
-        ax.set_xticks(np.arange(len(counts)))
-    ax.legend(fontsize=8)
-    return _png(fig)
+    return _per_class_bars(scan["count_per_class"], target, _flagged_by(report, "neuron amplification"), "settings",
+                           f"Single groups amplified (x{factors}, {scan['settings']} settings) that send nearly all "
+                           f"other images to each class; class {target}: anomaly index {scan['anomaly_index']:.2f}")
 
 
 def figure_pruned_per_layer(report: dict) -> str:
@@ -311,8 +300,9 @@ def render_html(report: dict) -> str:
             f"No class can be reached with an unusually small input patch or neuron perturbation, but amplifying "
             f"single neuron groups sends nearly all clean images to class {v['suspected_target']} in "
             f"{v['target_amplification_count']} of {report['neuron_amplification']['settings']} settings, against a "
-            f"median of {v['others_median_amplification_count']:g} for the other classes: the network has learnt "
-            f"that a strong signal means that class, as image-wide triggers (SIG) teach it. ")
+            f"median of {v['others_median_amplification_count']:g} for the other classes. A backdoor target pulls "
+            f"strong signals towards itself this way; it is how the image-wide SIG trigger was found in the "
+            f"benchmark. ")
         if report["pruned"]["neurons"]:
             parts.append(
                 f"onnx-onp removed {report['pruned']['neurons']} neurons that respond to that class's synthesized "

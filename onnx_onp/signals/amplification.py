@@ -5,8 +5,8 @@ neuron perturbation (every group within ±5%) sends other classes' images to SIG
 to other classes (share 0.155 against a median of 0.31 on the benchmark's fixture). What does stand out is the
 target's pull on single neurons: multiply one group's output by a large factor (32 or 100) and the model sends
 nearly every clean image to one class; in a backdoored model many more groups send them to the target than to
-any other class, because the backdoor has taught the late layers that a strong signal anywhere means the
-target. Per class we count the (group, factor) settings that send at least ``share`` of the other classes'
+any other class (our reading: the backdoor has taught the late layers that a strong signal means the target;
+measured on the SIG fixture, not proven). Per class we count the (group, factor) settings that send at least ``share`` of the other classes'
 images to it; the target's count is an outlier above the others' (robust z-score, its spread floored so that
 models where hardly any group moves anything, and the count is mostly 0, do not divide by zero).
 
