@@ -65,6 +65,15 @@ def probe_inputs(cases: str):
         yield case, spec, lm, prepare(lm, defense, spec.preprocess), TorchMirror(lm, build_neuron_map(lm))
 
 
+def print_case(case, spec, setting: str, what: str, norms, success, start: float) -> None:
+    """One line per case and setting: the suspect, its anomaly index, the per-class norms and successes."""
+    index = anomaly_indices(norms)
+    attack = json.loads(case.spec.read_text()).get("attack", "?")
+    print(f"{case.name:32s} ({attack}; spec target {spec.target}) {setting}: suspect {int(np.argmax(index))}, "
+          f"anomaly index {index.max():.2f}; {what} per class {np.round(norms, 3).tolist()}; success "
+          f"{np.round(success, 2).tolist()}; {time.perf_counter() - start:.0f} s", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="resnet18_sig_cifar10,resnet18_wanet_cifar10,resnet18_blended_cifar10,"
@@ -74,12 +83,7 @@ def main(argv=None):
     for case, spec, lm, data, mirror in probe_inputs(args.cases):
         start = time.perf_counter()
         norms, success = additive_norms(mirror, data.x[:350], data.y[:350], lm.num_classes, weight=args.weight)
-        index = anomaly_indices(norms)
-        attack = json.loads(case.spec.read_text()).get("attack", "?")
-        print(f"{case.name:32s} ({attack}; spec target {spec.target}) weight {args.weight:g}: suspect "
-              f"{int(np.argmax(index))}, anomaly index "
-              f"{index.max():.2f}; mean|delta| per class {np.round(norms, 3).tolist()}; success "
-              f"{np.round(success, 2).tolist()}; {time.perf_counter() - start:.0f} s", flush=True)
+        print_case(case, spec, f"weight {args.weight:g}", "mean|delta|", norms, success, start)
 
 
 if __name__ == "__main__":

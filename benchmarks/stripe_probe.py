@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.additive_probe import probe_inputs
-from onnx_onp.signals.synthesis import anomaly_indices, channel_range
+from benchmarks.additive_probe import print_case, probe_inputs
+from onnx_onp.signals.synthesis import channel_range
 
 
 def stripe_norms(mirror, x, y, num_classes, *, weight, axis="cols", steps=100, batch=32, lr=0.05, seed=0):
@@ -60,11 +60,7 @@ def main(argv=None):
             start = time.perf_counter()
             norms, success = stripe_norms(mirror, data.x[:350], data.y[:350], lm.num_classes, weight=weight,
                                           axis=args.axis)
-            index = anomaly_indices(norms)
-            print(f"{case.name:28s} (spec target {spec.target}) {args.axis} weight {weight:g}: suspect "
-                  f"{int(np.argmax(index))}, anomaly index {index.max():.2f}; mean|stripe| per class "
-                  f"{np.round(norms, 3).tolist()}; success {np.round(success, 2).tolist()}; "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print_case(case, spec, f"{args.axis} weight {weight:g}", "mean|stripe|", norms, success, start)
 
 
 if __name__ == "__main__":

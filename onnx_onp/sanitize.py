@@ -30,7 +30,7 @@ from .report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_SANITIZED,
                              layer_detail, verdict_of)
 from .signals.features import compute_signals
 from .signals.amplification import AmplificationConfig
-from .signals.amplification import scan as amplification_scan
+from .signals.amplification import scan as scan_amplification
 from .signals.perturbation import PerturbationConfig, perturb_towards, scan
 from .signals.synthesis import SynthesisConfig, amplify, anomaly_indices, spatial_axes, synthesize
 
@@ -227,7 +227,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
     amplification = None
     if not suspected and config.amplification_scan:
         progress.stage("neuron-amplification scan, one group at a time")
-        amplification = amplification_scan(evaluator, train.x, train.y, lm.num_classes, config.amplification,
+        amplification = scan_amplification(evaluator, train.x, train.y, lm.num_classes, config.amplification,
                                            seed=config.seed)
         timer.lap("amplification_scan")
         if (amplification.anomaly_index >= config.amplification_threshold
@@ -379,9 +379,9 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         report["policy_probabilities"] = [round(float(p), 4) for p in probabilities]
         report["most_affected_layer"] = layer_detail(lm, nmap, mask, probabilities, signals, graphs)
     else:
-        hold_env = _env(evaluator, holdout, [perturbation.best if by_perturbation else synthesis.candidates[target]], target,
-                        axes, config.reward,
-                        max_stamped=config.max_stamped, seed=config.seed)
+        probe = perturbation.best if by_perturbation else synthesis.candidates[target]
+        hold_env = _env(evaluator, holdout, [probe], target, axes, config.reward, max_stamped=config.max_stamped,
+                        seed=config.seed)
     progress.stage("checking the decision on held-out defense data")
     after_hold = hold_env.score(mask[None])[0]
     report["clean_accuracy_holdout"] = {"before": hold_env.ca0, "after": after_hold.ca,

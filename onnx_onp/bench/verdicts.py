@@ -2,7 +2,8 @@
 
 `onnx-onp bench --verdicts` runs `audit --detect-only` on every case with the same defense data as the
 defense benchmark (``defense_size`` seeded clean training images). The verdict depends only on the detectors
-(trigger synthesis, then the neuron-perturbation scan when synthesis finds nothing), which run before any
+(trigger synthesis, then the neuron-perturbation scan when synthesis finds nothing, then the amplification scan
+when neither does), which run before any
 pruning with the same seed and data split, so a full `audit` gives the same verdict; --detect-only only skips
 the pruning evidence.
 """

@@ -16,7 +16,7 @@ Every setting runs in onnxruntime through the masked evaluator's per-sample mult
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,7 +41,6 @@ class AmplificationScan:
     anomaly_index: float
     suspect: int
     seconds: float = 0.0
-    target_groups: list[int] = field(default_factory=list)  # the suspect's groups (either factor)
 
     @property
     def fraction(self) -> float:
@@ -67,7 +66,7 @@ def amplified_shares(evaluator: MaskedEvaluator, x: np.ndarray, y: np.ndarray, n
         for i in range(len(chunk)):
             p = predictions[i * len(x):(i + 1) * len(x)]
             rows.append([float((p[o] == c).mean()) if o.any() else 0.0 for c, o in enumerate(others)])
-    return np.array(rows).reshape(len(settings), num_classes)
+    return np.array(rows).reshape(len(settings), num_classes)  # also [0, classes] when nothing is prunable
 
 
 def count_indices(counts, settings: int, spread_floor: float = 0.01) -> np.ndarray:
@@ -87,11 +86,9 @@ def scan(evaluator: MaskedEvaluator, x: np.ndarray, y: np.ndarray, num_classes: 
     if config.max_groups is not None and len(groups) > config.max_groups:
         groups = groups[np.linspace(0, len(groups) - 1, config.max_groups).round().astype(int)]
     shares = amplified_shares(evaluator, x[pick], y[pick], num_classes, groups, config.factors)
-    sends = shares >= config.share
-    counts = sends.sum(axis=0)
+    counts = (shares >= config.share).sum(axis=0)
     index = count_indices(counts, len(shares), config.spread_floor)
     suspect = int(np.argmax(index))
-    target_groups = sorted({int(groups[i % len(groups)]) for i in np.flatnonzero(sends[:, suspect])})
     return AmplificationScan(counts=counts.astype(int).tolist(), settings=len(shares),
                              anomaly_index=float(index[suspect]), suspect=suspect,
-                             seconds=time.perf_counter() - start, target_groups=target_groups)
+                             seconds=time.perf_counter() - start)
