@@ -394,8 +394,10 @@ onp_options = [
     click.option("--budget", "steps", type=int, default=15, show_default=True,
                  help="Agent training steps per round (each scores --masks-per-step masks)."),
     click.option("--masks-per-step", type=int, default=8, show_default=True),
-    click.option("--rounds", type=int, default=3, show_default=True,
+    click.option("--rounds", type=int, default=6, show_default=True,
                  help="Prune, re-synthesize the trigger against the pruned model, prune more while it is found."),
+    click.option("--prune-back/--no-prune-back", default=True, show_default=True,
+                 help="After the rounds, give back pruned groups the backdoor probe does not need."),
     click.option("--gnn", type=click.Choice(["graphconv", "sage", "gat"]), default="graphconv", show_default=True),
     click.option("--force", is_flag=True, help="Prune even when trigger synthesis finds no backdoor evidence."),
     click.option("--report", "report_path", type=click.Path(dir_okay=False),
@@ -450,7 +452,7 @@ def audit(model, html_path, fail_on, detect_only, **options):
 
 
 def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only, data_path, max_ca_drop, steps,
-             masks_per_step, rounds, gnn, force, report_path, poisoned_data, target, test_data, quiet,
+             masks_per_step, rounds, prune_back, gnn, force, report_path, poisoned_data, target, test_data, quiet,
              preprocess_path, spec_path, limit, seed, provider, as_json):
     from dataclasses import replace
 
@@ -472,6 +474,7 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
     base = SanitizeConfig()
     config = replace(base, max_ca_drop=max_ca_drop / 100, seed=seed, provider=provider, shrink=shrink, gnn=gnn,
                      force=force, rounds=rounds, prune=not detect_only,
+                     prune_back_tolerance=base.prune_back_tolerance if prune_back else None,
                      reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
                      train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed))
 

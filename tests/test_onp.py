@@ -284,3 +284,26 @@ def test_amplification_index_separates_the_measured_counts():
     quiet = count_indices([0, 1, 0, 0, 0, 0, 0, 0, 0, 0], 160)
     assert int(np.argmax(sig)) == 0 and sig.max() == pytest.approx(8.47, abs=0.01) and sig.max() >= threshold
     assert clean.max() == pytest.approx(3.06, abs=0.01) and clean.max() < threshold and quiet.max() <= 1.0
+
+
+def test_prune_back_returns_the_groups_the_probe_does_not_need(monkeypatch):
+    """Groups 0 and 1 hold the backdoor (either one back: probe ASR up), groups 2 and 3 cost clean accuracy only:
+    the prune-back gives back 3 (the dearer), then 2, and keeps 0 and 1."""
+    from types import SimpleNamespace
+
+    from onnx_onp import sanitize as sanitize_module
+    from onnx_onp.agent.reinforce import Outcome
+
+    class Env:
+        def score(self, masks):
+            return [Outcome(ca=0.8 - 0.01 * m[2] - 0.03 * m[3], asr=0.1 + 0.5 * (not m[0]) + 0.4 * (not m[1]),
+                            pruned=int(m.sum()), reward=0.0) for m in masks]
+
+    monkeypatch.setattr(sanitize_module, "_env", lambda *args, **kwargs: Env())
+    nmap = SimpleNamespace(label=lambda n: f"layer:{n}", groups=[SimpleNamespace(neurons=[g]) for g in range(5)])
+    config = sanitize_module.SanitizeConfig(prune_back_tolerance=0.02)
+    mask = np.array([True, True, True, True, False])
+    kept, detail = sanitize_module._prune_back(SimpleNamespace(nmap=nmap), None, [], 0, (2, 3), config, mask)
+    assert kept.tolist() == [True, True, False, False, False]
+    assert detail["restored"] == ["layer:3", "layer:2"] and detail["probe_asr"] == {"before": 0.1, "after": 0.1}
+    assert detail["defense_ca"]["after"] == pytest.approx(0.8)

@@ -380,6 +380,12 @@ def render_html(report: dict) -> str:
                   "yes" if r["backdoor_still_found"] else "no") for r in report["rounds"]],
                 header=("round", "groups pruned so far", "held-out CA", "re-synthesized trigger size",
                         "small trigger still found"), numeric=(0, 1, 3)))
+        if report.get("pruned_back", {}).get("restored"):
+            back = report["pruned_back"]
+            parts.append(f"<p>Given back after the rounds (the probe did not need them; clean accuracy on the "
+                         f"defense data {_pct(back['defense_ca']['before'])} → {_pct(back['defense_ca']['after'])}, "
+                         f"probe ASR {_pct(back['probe_asr']['before'])} → {_pct(back['probe_asr']['after'])}): "
+                         f"{_e(', '.join(back['restored']))}.</p>")
 
     if audit:
         rows = []

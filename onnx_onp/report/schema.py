@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -103,6 +103,10 @@ REPORT_SCHEMA = {
                     "properties": {"layer": {"type": "string"}, "neurons": {"type": "integer"},
                                    "pruned": {"type": "integer"}}}}}},
         "rounds": {"type": "array", "items": {"type": "object", "required": ["round", "pruned_groups"]}},
+        "pruned_back": {"type": "object", "required": ["restored", "probe_asr", "defense_ca"],
+                        "description": "groups the rounds pruned and the prune-back gave back, in that order",
+                        "properties": {"restored": {"type": "array", "items": {"type": "string"}},
+                                       "probe_asr": _before_after, "defense_ca": _before_after}},
         "reward_curve": {"type": "array", "items": {
             "type": "object", "required": ["round", "step", "mean_reward", "best_reward"]}},
         "policy_probabilities": {"type": "array", "items": _share},
