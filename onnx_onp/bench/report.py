@@ -140,7 +140,8 @@ def markdown_report(result: BenchResult, machine: dict, *, command: str | None =
 _PHASES = (("trigger_synthesis", "synthesis"), ("perturbation_scan", "perturbation scan"),
            ("amplification_scan", "amplification scan"),
            ("trigger_refinement", "refinement"), ("signals_and_graphs", "signals + graphs"),
-           ("agent_training", "agent training"), ("decision", "decision"), ("resynthesis", "re-check"))
+           ("agent_training", "agent training"), ("decision", "decision"), ("resynthesis", "re-check"),
+           ("prune_back", "prune-back"))
 _PHASE_LABELS = dict(_PHASES)
 _NOT_PHASES = ("total", "onnxruntime", "onnxruntime_share")
 
