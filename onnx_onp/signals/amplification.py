@@ -6,9 +6,10 @@ to other classes (share 0.155 against a median of 0.31 on the benchmark's fixtur
 target's pull on single neurons: multiply one group's output by a large factor (32 or 100) and the model sends
 nearly every clean image to one class; in a backdoored model many more groups send them to the target than to
 any other class (our reading: the backdoor has taught the late layers that a strong signal means the target;
-measured on the SIG fixture, not proven). Per class we count the (group, factor) settings that send at least ``share`` of the other classes'
-images to it; the target's count is an outlier above the others' (robust z-score, its spread floored so that
-models where hardly any group moves anything, and the count is mostly 0, do not divide by zero).
+measured on the SIG fixture, not proven). Per class we count the (group, factor) settings that send at least
+``share`` of the other classes' images to it; the target's count is an outlier above the others' (robust
+z-score, its spread floored so that models where hardly any group moves anything, and the count is mostly 0, do
+not divide by zero).
 
 Every setting runs in onnxruntime through the masked evaluator's per-sample multipliers, many settings per run.
 """
