@@ -33,13 +33,16 @@ from .signals.amplification import AmplificationConfig
 from .signals.amplification import scan as scan_amplification
 from .signals.perturbation import PerturbationConfig, perturb_towards, scan
 from .signals.synthesis import SynthesisConfig, amplify, anomaly_indices, spatial_axes, synthesize
+from .signals.thresholds import for_classes
 
 
 @dataclass
 class SanitizeConfig:
     max_ca_drop: float = 0.02
     holdout: float = 0.3  # share of the defense data kept out of training to check clean accuracy
-    anomaly_threshold: float = 2.0  # below it: no backdoor evidence, nothing is pruned (unless force)
+    # Below it: no backdoor evidence, nothing is pruned (unless force). The three detectors' thresholds are for
+    # 10 classes; with more, each is raised so a clean model is flagged as often (signals/thresholds.py).
+    anomaly_threshold: float = 2.0
     force: bool = False
     min_defense_accuracy: float = 0.5  # below it the report warns: wrong preprocessing or labels, most likely
     prune: bool = True  # False: stop after the detectors (a verdict only: `audit --detect-only`)
@@ -212,7 +215,10 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                            progress=lambda c: progress.advance())
     timer.lap("trigger_synthesis")
     target = synthesis.suspect
-    suspected = synthesis.anomaly_index >= config.anomaly_threshold
+    synthesis_threshold = for_classes(config.anomaly_threshold, lm.num_classes)
+    perturbation_threshold = for_classes(config.perturbation_threshold, lm.num_classes)
+    amplification_threshold = for_classes(config.amplification_threshold, lm.num_classes)
+    suspected = synthesis.anomaly_index >= synthesis_threshold
     progress.note(f"trigger synthesis: suspected target {target}, anomaly index {synthesis.anomaly_index:.2f} "
                   f"({'backdoor suspected' if suspected else 'no backdoor evidence'})")
     axes = spatial_axes(layout)
@@ -223,7 +229,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         perturbation = scan(mirror, nmap.num_groups, train.x, train.y, lm.num_classes, config.perturbation,
                             progress=lambda c: progress.advance())
         timer.lap("perturbation_scan")
-        if (perturbation.anomaly_index >= config.perturbation_threshold
+        if (perturbation.anomaly_index >= perturbation_threshold
                 and perturbation.best.share >= config.perturbation_min_share):
             suspected, target, detector = True, perturbation.suspect, "neuron perturbation"
         progress.note(f"neuron perturbation: suspected target {perturbation.suspect}, anomaly index "
@@ -235,7 +241,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         amplification = scan_amplification(evaluator, train.x, train.y, lm.num_classes, config.amplification,
                                            seed=config.seed)
         timer.lap("amplification_scan")
-        if (amplification.anomaly_index >= config.amplification_threshold
+        if (amplification.anomaly_index >= amplification_threshold
                 and amplification.fraction >= config.amplification_min_fraction):
             suspected, target, detector = True, amplification.suspect, "neuron amplification"
         progress.note(f"neuron amplification: suspected target {amplification.suspect}, anomaly index "
@@ -252,7 +258,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         "neuron_map": {k: v for k, v in nmap.summary().items() if k != "layers"},
         "trigger_synthesis": {"suspected_target": synthesis.suspect,
                               "anomaly_index": round(synthesis.anomaly_index, 3),
-                              "threshold": config.anomaly_threshold,
+                              "threshold": round(synthesis_threshold, 3),
                               "mask_l1_per_class": [round(n, 2) for n in synthesis.norms],
                               "success_per_class": [round(c.success, 3) for c in synthesis.candidates],
                               "seconds": round(synthesis.seconds, 2)},
@@ -262,7 +268,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
     if perturbation is not None:
         report["neuron_perturbation"] = {"suspected_target": perturbation.suspect,
                                          "anomaly_index": round(perturbation.anomaly_index, 3),
-                                         "threshold": config.perturbation_threshold,
+                                         "threshold": round(perturbation_threshold, 3),
                                          "min_share": config.perturbation_min_share,
                                          "epsilon": config.perturbation.epsilon,
                                          "share_per_class": [round(v, 3) for v in perturbation.shares],
@@ -270,7 +276,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
     if amplification is not None:
         report["neuron_amplification"] = {"suspected_target": amplification.suspect,
                                           "anomaly_index": round(amplification.anomaly_index, 3),
-                                          "threshold": config.amplification_threshold,
+                                          "threshold": round(amplification_threshold, 3),
                                           "min_fraction": config.amplification_min_fraction,
                                           "factors": list(config.amplification.factors),
                                           "settings": amplification.settings,
@@ -357,7 +363,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                                         replace(config.perturbation, seed=config.seed + 100 + round_index), keep)
                 # Still an outlier against the other classes' shares in the unpruned model?
                 index = float(anomaly_indices(1.0 - np.array(other_shares + [again.share]))[-1])
-                still_there = index >= config.perturbation_threshold and again.share >= config.perturbation_min_share
+                still_there = index >= perturbation_threshold and again.share >= config.perturbation_min_share
                 record.update(reperturbed_share=round(again.share, 3), reperturbed_anomaly_index=round(index, 3))
             else:
                 again = synthesize(mirror, train.x, train.y, lm.num_classes, layout,
