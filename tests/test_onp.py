@@ -321,3 +321,55 @@ def test_detector_thresholds_rise_with_the_number_of_classes():
     assert 2.421 < at_43 < 5.392
     assert for_classes(2.0, 100) > at_43 and for_classes(3.0, 43) > 3.0
 
+
+def test_shortcut_confirmation_on_the_measured_probes():
+    """The amplification detector's confirmation on what the benchmark's runs measured (held-out probe ASR before
+    and after the pruning search): SIG's one group takes it 0.889 -> 0.222, the clean seed-1 model's four groups
+    0.927 -> 0.745 only. Nothing pruned, or a probe that never worked, confirms nothing."""
+    from onnx_onp.sanitize import shortcut_confirmed
+
+    assert shortcut_confirmed(0.889, 0.222, True, 0.5)
+    assert not shortcut_confirmed(0.927, 0.745, True, 0.5)
+    assert not shortcut_confirmed(0.9, 0.0, False, 0.5) and not shortcut_confirmed(0.0, 0.0, True, 0.5)
+
+
+@pytest.mark.parametrize("detector", ["neuron amplification", "trigger synthesis"])
+def test_unconfirmed_weak_suspicion_prunes_nothing(detector):
+    """Weak evidence (amplification: synthesis and perturbation switched off, any count an outlier; synthesis: every
+    index below the confirmation bar) runs the pruning search as the confirmation; the report keeps its numbers,
+    and when it does not confirm, nothing is pruned, the verdict is no evidence and the status clean; when it does,
+    the pruned mask is the tentative one."""
+    from dataclasses import replace
+
+    from onnx_onp.report import STATUS_CLEAN, STATUS_SANITIZED
+    from onnx_onp.sanitize import SanitizeConfig, sanitize
+    from onnx_onp.signals.amplification import AmplificationConfig
+
+    tiny = FIXTURES / "models" / "tiny_badnet_cifar10"
+    spec = Spec.load(tiny.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=200, seed=0)
+    by_amplification = detector == "neuron amplification"
+    base = SanitizeConfig(anomaly_threshold=1e9 if by_amplification else 2.0, confirm_below=1e9,
+                          perturbation_scan=False, amplification_threshold=-1e9, amplification_min_fraction=0.0,
+                          rounds=1, refine_triggers=1, refine_steps=20,
+                          prune_back_tolerance=None, synthesis=SynthesisConfig(steps=20, batch_size=16),
+                          train=TrainConfig(steps=2, masks_per_step=4),
+                          amplification=AmplificationConfig(images=30, max_groups=20, factors=(100.0,)))
+    outcomes = []
+    for ratio in (0.0, 1.0):  # 0: nothing short of a probe at 0% confirms; 1: any pruning does
+        report = sanitize(tiny.with_suffix(".onnx"), data, spec.preprocess,
+                          config=replace(base, confirm_ratio=ratio)).report
+        check = report["confirmation"]
+        probe = check["probe_asr_holdout"]
+        assert report["detector"] == check["detector"] == detector and check["max_ratio"] == ratio
+        outcomes.append(check["confirmed"])
+        assert check["confirmed"] == (bool(check["tentative_pruned"]) and probe["after"] <= ratio * probe["before"]
+                                      and probe["before"] > 0)
+        if check["confirmed"]:
+            assert report["status"] == STATUS_SANITIZED and report["pruned"]["per_layer"] == check["tentative_pruned"]
+            assert report["verdict"]["verdict"] == "backdoor suspected"
+        else:
+            assert report["status"] == STATUS_CLEAN and report["pruned"]["groups"] == 0
+            assert report["verdict"]["verdict"] == "no backdoor evidence" and not report["backdoor_suspected"]
+            assert report["clean_accuracy_holdout"]["drop"] == 0
+    assert outcomes == [False, True]  # both paths ran

@@ -1,11 +1,11 @@
 """The audit verdict measured over the benchmark: how many backdoored models are flagged, how many clean ones.
 
 `onnx-onp bench --verdicts` runs `audit --detect-only` on every case with the same defense data as the
-defense benchmark (``defense_size`` seeded clean training images). The verdict depends only on the detectors
+defense benchmark (``defense_size`` seeded clean training images). The verdict comes from the detectors
 (trigger synthesis, then the neuron-perturbation scan when synthesis finds nothing, then the amplification scan
-when neither does), which run before any
-pruning with the same seed and data split, so a full `audit` gives the same verdict; --detect-only only skips
-the pruning evidence.
+when neither does) and, for weak evidence, from the pruning search that must confirm it (sanitize.py,
+``confirm_below``): that search runs in --detect-only too, with the same seed and data split as in a full
+`audit`, so both give the same verdict; --detect-only skips the pruning evidence of strong suspicions only.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ class VerdictRow:
     synthesis_index: float | None = None
     perturbation_index: float | None = None  # None: not run (synthesis had already flagged the model)
     amplification_index: float | None = None  # None: not run (an earlier detector had flagged the model)
+    confirmed: bool | None = None  # None: strong evidence, no confirmation needed
+    probe_asr_before: float | None = None  # the confirming search's probe, held-out ASR before/after its mask
+    probe_asr_after: float | None = None
 
     @property
     def flagged(self) -> bool:
@@ -58,13 +61,16 @@ def run_verdicts(cases: list[Case], *, defense_size: int = 500, seed: int = 0, p
         start = time.perf_counter()
         report = sanitize(case.model, defense, spec.preprocess, None, config=config).report
         attack, backdoored = _attack(case)
+        confirmation = report.get("confirmation") or {}
+        probe = confirmation.get("probe_asr_holdout") or {}
         row = VerdictRow(case.name, case.family, attack, backdoored, spec.target if backdoored else None,
                          report["verdict"]["verdict"], report["verdict"]["anomaly_index"],
                          report["verdict"]["suspected_target"], report["clean_accuracy_holdout"]["before"],
                          round(time.perf_counter() - start, 1), report.get("detector", "trigger synthesis"),
                          report["trigger_synthesis"]["anomaly_index"],
                          (report.get("neuron_perturbation") or {}).get("anomaly_index"),
-                         (report.get("neuron_amplification") or {}).get("anomaly_index"))
+                         (report.get("neuron_amplification") or {}).get("anomaly_index"),
+                         confirmation.get("confirmed"), probe.get("before"), probe.get("after"))
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -88,13 +94,21 @@ def verdict_markdown(rows: list[VerdictRow], *, command: str, machine: str) -> s
              f"{s['target_right']} of those); **false alarms on clean models: {s['false_alarms']} of {s['clean']}**."
              + (f" Missed: {', '.join(s['missed'])}." if s["missed"] else ""), "",
              "| case | attack | verdict | detector | synthesis index | perturbation index | amplification index | "
-             "suspected target | true target | defense CA | seconds |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "confirmed by pruning (probe ASR) | suspected target | true target | defense CA | seconds |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.case} | {r.attack} | {'**' + r.verdict + '**' if r.flagged else r.verdict} | "
                      f"{r.detector if r.flagged else 'none found'} | "
                      f"{'–' if r.synthesis_index is None else f'{r.synthesis_index:.2f}'} | "
                      f"{'–' if r.perturbation_index is None else f'{r.perturbation_index:.2f}'} | "
-                     f"{'–' if r.amplification_index is None else f'{r.amplification_index:.2f}'} | {r.suspected_target} | "
+                     f"{'–' if r.amplification_index is None else f'{r.amplification_index:.2f}'} | {_confirmation(r)} | "
+                     f"{r.suspected_target} | "
                      f"{'–' if r.true_target is None else r.true_target} | {100 * r.defense_ca:.1f}% | {r.seconds:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _confirmation(row: VerdictRow) -> str:
+    if row.confirmed is None:
+        return "–"
+    return (f"{'yes' if row.confirmed else 'no'} ({100 * row.probe_asr_before:.0f}% → "
+            f"{100 * row.probe_asr_after:.0f}%)")

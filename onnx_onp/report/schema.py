@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -107,6 +107,14 @@ REPORT_SCHEMA = {
                         "description": "groups the rounds pruned and the prune-back gave back, in that order",
                         "properties": {"restored": {"type": "array", "items": {"type": "string"}},
                                        "probe_asr": _before_after, "defense_ca": _before_after}},
+        "confirmation": {
+            "type": "object", "required": ["detector", "confirmed", "max_ratio", "probe_asr_holdout",
+                                           "tentative_pruned"],
+            "description": "weak evidence (the amplification detector, synthesis below config.confirm_below) stands "
+                           "only when the pruning search cuts the probe's held-out ASR to at most max_ratio of what "
+                           "it was",
+            "properties": {"detector": {"type": "string"}, "confirmed": {"type": "boolean"}, "max_ratio": _share,
+                           "probe_asr_holdout": _before_after, "tentative_pruned": {"type": "object"}}},
         "reward_curve": {"type": "array", "items": {
             "type": "object", "required": ["round", "step", "mean_reward", "best_reward"]}},
         "policy_probabilities": {"type": "array", "items": _share},

@@ -13,6 +13,13 @@ data only:
    100): the number of such settings that send at least 90% of other classes' clean images to one class is an
    outlier (robust z-score at least 5.0) and at least 5% of all settings.
 
+Weak evidence must be confirmed: a suspicion from amplification, or from synthesis with an index below 3.0, stands
+only when the pruning search then cuts the probe's held-out ASR to at most half of what it was (a backdoor is a
+shortcut a few neurons carry; a class a clean model leans towards, or a small adversarial patch, is not). The
+search also runs in detect-only mode, where nothing is written.
+
+Each threshold is for 10 classes and is raised for more (``signals.thresholds``).
+
 Otherwise: **no backdoor evidence**. Pruning never changes the verdict; it only adds evidence (which neurons
 carried the signal, how much the answers change).
 """
@@ -43,7 +50,9 @@ RULE = ("backdoor suspected when the anomaly index of the smallest synthesized t
         "perturbation of the neurons sends an outlier share of other classes' clean images to one class "
         "(robust z-score at least {p_threshold}, share at least {p_share}), or else when amplifying single neuron "
         "groups sends other classes' images to one class in an outlier number of settings (robust z-score at "
-        "least {a_threshold}, at least {a_fraction} of the settings)")
+        "least {a_threshold}, at least {a_fraction} of the settings); a suspicion from amplification, or from "
+        "synthesis below {sure}, stands only if pruning then cuts the probe's held-out ASR to at most {ratio} of what "
+        "it was")
 
 
 def verdict_of(report: dict) -> dict:
@@ -70,7 +79,9 @@ def verdict_of(report: dict) -> dict:
                             a_threshold=(amplification or {}).get(
                                 "threshold", config.get("amplification_threshold", 5.0)),
                             a_fraction=(amplification or {}).get(
-                                "min_fraction", config.get("amplification_min_fraction", 0.05))),
+                                "min_fraction", config.get("amplification_min_fraction", 0.05)),
+                            ratio=report.get("confirmation", {}).get("max_ratio", config.get("confirm_ratio", 0.5)),
+                            sure=config.get("confirm_below", 3.0)),
         "suspected_target": target,
         "anomaly_index": evidence["anomaly_index"],
         "threshold": evidence["threshold"],
@@ -84,6 +95,8 @@ def verdict_of(report: dict) -> dict:
         verdict["target_perturbation_share"] = shares[target]
         verdict["others_median_perturbation_share"] = round(float(np.median(
             [v for c, v in enumerate(shares) if c != target])), 3)
+    if "confirmation" in report:
+        verdict["confirmed_by_pruning"] = report["confirmation"]["confirmed"]
     if amplification is not None:
         counts = amplification["count_per_class"]
         verdict["target_amplification_count"] = counts[target]
