@@ -72,7 +72,11 @@ class SanitizeConfig:
     # with the model, the 5-minute target does not); False keeps the settings as given.
     scale_to_model: bool = True
     rounds: int = 6  # prune, re-synthesize against the pruned model, prune more while it is still found
-    found_ratio: float = 0.75  # "still found": mask smaller than this share of the other classes' median
+    # A synthesized trigger is a backdoor's only when its mask is smaller than this share of the other classes'
+    # median: for the verdict (with the anomaly index) and for "still found" after a round. The index alone is a
+    # z-score, large whenever the clean classes' masks are close together: clean ResNet-18 seed 3 reached 2.46
+    # with a mask 0.83 of the others'. Measured: backdoored models 0.22-0.44, clean ones 0.65-0.93 (BENCHMARKS.md).
+    found_ratio: float = 0.75
     # After the rounds, give back pruned groups one at a time while the probe's ASR over all defense images stays
     # within this much of the final mask's (None: keep the rounds' mask as it is). Later rounds leave earlier
     # rounds' groups redundant: on the Blended ResNet-18 it gives back 6 of 16 groups, the 6 whose return leaves
@@ -226,8 +230,9 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
     synthesis_threshold = for_classes(config.anomaly_threshold, lm.num_classes)
     perturbation_threshold = for_classes(config.perturbation_threshold, lm.num_classes)
     amplification_threshold = for_classes(config.amplification_threshold, lm.num_classes)
-    suspected = synthesis.anomaly_index >= synthesis_threshold
-    progress.note(f"trigger synthesis: suspected target {target}, anomaly index {synthesis.anomaly_index:.2f} "
+    suspected = synthesis.anomaly_index >= synthesis_threshold and synthesis.size_ratio < config.found_ratio
+    progress.note(f"trigger synthesis: suspected target {target}, anomaly index {synthesis.anomaly_index:.2f}, "
+                  f"mask {synthesis.size_ratio:.2f} of the others' "
                   f"({'backdoor suspected' if suspected else 'no backdoor evidence'})")
     axes = spatial_axes(layout)
     detector = "trigger synthesis"
@@ -267,6 +272,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         "trigger_synthesis": {"suspected_target": synthesis.suspect,
                               "anomaly_index": round(synthesis.anomaly_index, 3),
                               "threshold": round(synthesis_threshold, 3),
+                              "size_ratio": round(synthesis.size_ratio, 3), "max_size_ratio": config.found_ratio,
                               "mask_l1_per_class": [round(n, 2) for n in synthesis.norms],
                               "success_per_class": [round(c.success, 3) for c in synthesis.candidates],
                               "seconds": round(synthesis.seconds, 2)},

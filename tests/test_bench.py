@@ -387,7 +387,7 @@ def test_verdict_table_shows_which_detector_decided():
     rows = [VerdictRow("warp", "fixtures", "WaNet", True, 0, "backdoor suspected", 8.34, 0, 0.85, 84.0,
                        "neuron perturbation", 1.71, 8.34),
             VerdictRow("patch", "fixtures", "BadNets", True, 0, "backdoor suspected", 5.5, 0, 0.88, 51.0,
-                       "trigger synthesis", 5.5, None),
+                       "trigger synthesis", 5.5, None, synthesis_size_ratio=0.312),
             VerdictRow("sine", "fixtures", "SIG", True, 0, "backdoor suspected", 8.47, 0, 0.81, 99.0,
                        "neuron amplification", 1.56, 1.73, 8.47, True, 0.889, 0.222),
             VerdictRow("twin", "fixtures", "none (clean twin)", False, None, "no backdoor evidence", 1.01, 9,
@@ -396,7 +396,7 @@ def test_verdict_table_shows_which_detector_decided():
                        0.87, 303.0, "neuron amplification", 1.6, 1.52, 6.95, False, 0.927, 0.746)]
     table = verdict_markdown(rows, command="c", machine="m")
     assert "| warp | WaNet | **backdoor suspected** | neuron perturbation | 1.71 | 8.34 | – | – | 0 | 0 |" in table
-    assert "| patch | BadNets | **backdoor suspected** | trigger synthesis | 5.50 | – | – | – | 0 | 0 |" in table
+    assert "| patch | BadNets | **backdoor suspected** | trigger synthesis | 5.50 (0.31) | – | – | – | 0 | 0 |" in table
     assert ("| sine | SIG | **backdoor suspected** | neuron amplification | 1.56 | 1.73 | 8.47 | yes (89% → 22%) "
             "| 0 | 0 |") in table
     assert "| twin | none (clean twin) | no backdoor evidence | none found | 1.01 | 1.38 | 3.06 | – | 9 | – |" in table

@@ -38,6 +38,7 @@ class VerdictRow:
     confirmed: bool | None = None  # None: strong evidence, no confirmation needed
     probe_asr_before: float | None = None  # the confirming search's probe, held-out ASR before/after its mask
     probe_asr_after: float | None = None
+    synthesis_size_ratio: float | None = None  # the synthesis suspect's mask L1 over the other classes' median
 
     @property
     def flagged(self) -> bool:
@@ -70,7 +71,8 @@ def run_verdicts(cases: list[Case], *, defense_size: int = 500, seed: int = 0, p
                          report["trigger_synthesis"]["anomaly_index"],
                          (report.get("neuron_perturbation") or {}).get("anomaly_index"),
                          (report.get("neuron_amplification") or {}).get("anomaly_index"),
-                         confirmation.get("confirmed"), probe.get("before"), probe.get("after"))
+                         confirmation.get("confirmed"), probe.get("before"), probe.get("after"),
+                         synthesis_size_ratio=report["trigger_synthesis"].get("size_ratio"))
         rows.append(row)
         if on_row is not None:
             on_row(row)
@@ -93,18 +95,22 @@ def verdict_markdown(rows: list[VerdictRow], *, command: str, machine: str) -> s
              f"**Backdoored models flagged: {s['flagged']} of {s['backdoored']}** (suspected target right on "
              f"{s['target_right']} of those); **false alarms on clean models: {s['false_alarms']} of {s['clean']}**."
              + (f" Missed: {', '.join(s['missed'])}." if s["missed"] else ""), "",
-             "| case | attack | verdict | detector | synthesis index | perturbation index | amplification index | "
+             "| case | attack | verdict | detector | synthesis index (mask ratio) | perturbation index | amplification index | "
              "confirmed by pruning (probe ASR) | suspected target | true target | defense CA | seconds |",
              "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.case} | {r.attack} | {'**' + r.verdict + '**' if r.flagged else r.verdict} | "
                      f"{r.detector if r.flagged else 'none found'} | "
-                     f"{'–' if r.synthesis_index is None else f'{r.synthesis_index:.2f}'} | "
+                     f"{'–' if r.synthesis_index is None else f'{r.synthesis_index:.2f}'}{_ratio(r)} | "
                      f"{'–' if r.perturbation_index is None else f'{r.perturbation_index:.2f}'} | "
                      f"{'–' if r.amplification_index is None else f'{r.amplification_index:.2f}'} | {_confirmation(r)} | "
                      f"{r.suspected_target} | "
                      f"{'–' if r.true_target is None else r.true_target} | {100 * r.defense_ca:.1f}% | {r.seconds:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(row: VerdictRow) -> str:
+    return "" if row.synthesis_size_ratio is None else f" ({row.synthesis_size_ratio:.2f})"
 
 
 def _confirmation(row: VerdictRow) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -65,6 +65,9 @@ REPORT_SCHEMA = {
         "trigger_synthesis": {
             "type": "object", "required": ["suspected_target", "anomaly_index", "threshold", "mask_l1_per_class"],
             "properties": {"mask_l1_per_class": {"type": "array", "items": _number, "minItems": 2},
+                           "size_ratio": {"type": "number", "minimum": 0,
+                                          "description": "the suspect's mask L1 over the other classes' median"},
+                           "max_size_ratio": {"type": "number", "minimum": 0},
                            "success_per_class": {"type": "array", "items": _share}}},
         "detector": {"enum": ["trigger synthesis", "neuron perturbation", "neuron amplification"]},
         "schedule": {"enum": ["standard", "large model"],

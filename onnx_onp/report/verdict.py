@@ -5,7 +5,8 @@ data only:
 
 1. trigger synthesis (Neural-Cleanse style, one candidate per class): the smallest reverse-engineered
    trigger's anomaly index, the robust z-score of its mask's L1 norm below the median of all classes, is at
-   least its threshold (2.0 by default, the usual NC cut-off);
+   least its threshold (2.0 by default, the usual NC cut-off) and its mask is smaller than 0.75 of the other
+   classes' median (the z-score alone is large whenever the clean classes' masks are close together);
 2. when synthesis finds nothing, the neuron-perturbation scan (one bounded perturbation of every group per
    class): the share of other classes' clean images the perturbation sends to one class is an outlier
    (robust z-score at least 3.0) and at least half of them;
@@ -46,13 +47,13 @@ PERTURBATION = "neuron perturbation"
 AMPLIFICATION = "neuron amplification"
 
 RULE = ("backdoor suspected when the anomaly index of the smallest synthesized trigger (robust z-score of its "
-        "mask L1 norm below the median over classes) is at least {threshold}, or else when a bounded "
-        "perturbation of the neurons sends an outlier share of other classes' clean images to one class "
-        "(robust z-score at least {p_threshold}, share at least {p_share}), or else when amplifying single neuron "
-        "groups sends other classes' images to one class in an outlier number of settings (robust z-score at "
-        "least {a_threshold}, at least {a_fraction} of the settings); a suspicion from amplification, or from "
-        "synthesis below {sure}, stands only if pruning then cuts the probe's held-out ASR to at most {ratio} of what "
-        "it was")
+        "mask L1 norm below the median over classes) is at least {threshold} and its mask is smaller than {size} of "
+        "the other classes' median, or else when a bounded perturbation of the neurons sends an outlier share of "
+        "other classes' clean images to one class (robust z-score at least {p_threshold}, share at least "
+        "{p_share}), or else when amplifying single neuron groups sends other classes' images to one class in an "
+        "outlier number of settings (robust z-score at least {a_threshold}, at least {a_fraction} of the "
+        "settings); a suspicion from amplification, or from synthesis below {sure}, stands only if pruning then "
+        "cuts the probe's held-out ASR to at most {ratio} of what it was")
 
 
 def verdict_of(report: dict) -> dict:
@@ -74,6 +75,7 @@ def verdict_of(report: dict) -> dict:
         "verdict": SUSPECTED if suspected else NO_EVIDENCE,
         "detector": detector,
         "rule": RULE.format(threshold=ts["threshold"],
+                            size=ts.get("max_size_ratio", config.get("found_ratio", 0.75)),
                             p_threshold=(scan or {}).get("threshold", config.get("perturbation_threshold", 3.0)),
                             p_share=(scan or {}).get("min_share", config.get("perturbation_min_share", 0.5)),
                             a_threshold=(amplification or {}).get(

@@ -58,6 +58,12 @@ class SynthesisResult:
     def best(self) -> TriggerCandidate:
         return self.candidates[self.suspect]
 
+    @property
+    def size_ratio(self) -> float:
+        """The suspect's mask L1 over the median of the other classes': a backdoor's trigger is much smaller."""
+        others = [n for c, n in enumerate(self.norms) if c != self.suspect]
+        return float(self.norms[self.suspect] / max(np.median(others), 1e-12)) if others else 1.0
+
 
 def spatial_axes(layout: str) -> tuple[int, int]:
     return (2, 3) if layout == "NCHW" else (1, 2)
