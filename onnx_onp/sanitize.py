@@ -373,7 +373,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
             # Can the backdoor still be found in the pruned model? Search for it again against the pruned model.
             progress.stage(f"{step}: searching the pruned model for the backdoor again")
             keep = torch.from_numpy((~mask).astype(np.float32))
-            record = {"round": round_index, "pruned_groups": int(mask.sum()),
+            record = {"round": round_index, "pruned_groups": int(mask.sum()), "chosen_from": decision.source,
                       "holdout_ca": decision.holdout.ca if decision.holdout else None,
                       "holdout_asr_synthesized": decision.holdout.asr if decision.holdout else None}
             if by_perturbation:

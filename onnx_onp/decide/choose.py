@@ -22,6 +22,9 @@ class Decision:
     holdout: Outcome | None
     candidates_checked: int
     within_budget: bool
+    # Where the winning mask came from: "agent sample" (a mask REINFORCE sampled), "policy ranking" (the trained
+    # policy's k most probable groups) or "signal mask" (one signal alone); None when nothing was chosen.
+    source: str | None = None
 
 
 def ranked_masks(probabilities: np.ndarray, prunable: np.ndarray, max_size: int) -> np.ndarray:
@@ -77,6 +80,7 @@ def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[
                 max_fraction: float = 0.25, shortlist: int = 10, extra: np.ndarray | None = None,
                 extra_shortlist: int | None = None) -> Decision:
     ranked = ranked_masks(probabilities, prunable, max(1, int(max_fraction * prunable.sum())))
+    sources = ["policy ranking"] * len(ranked)
     if extra is not None and len(extra):
         # The per-layer signal masks are many (3 signals x 3 sizes x every layer); most leave the backdoor
         # probe untouched. For large models a first look on a part of the probe keeps the ones that cut it most
@@ -85,33 +89,35 @@ def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[
             asr = train_env.probe_asr(extra)
             extra = extra[np.lexsort((extra.sum(axis=1), asr))[:extra_shortlist]]
         ranked = np.concatenate([ranked, extra])
-    pool = [(m | train_env.base_mask, o) for m, o in tried] + [
-        (m | train_env.base_mask, o) for m, o in zip(ranked, train_env.score(ranked))]
+        sources += ["signal mask"] * len(extra)
+    pool = [(m | train_env.base_mask, o, "agent sample") for m, o in tried] + [
+        (m | train_env.base_mask, o, source) for m, o, source in zip(ranked, train_env.score(ranked), sources)]
     seen, shortlisted = set(), []
-    for mask, outcome in sorted(pool, key=lambda mo: -mo[1].reward):
+    # Sorted by reward alone (stable): of equal masks, an agent sample comes first.
+    for mask, outcome, source in sorted(pool, key=lambda entry: -entry[1].reward):
         key = mask.tobytes()
         if outcome.pruned == int(train_env.base_mask.sum()) or key in seen or train_env.ca0 - outcome.ca > max_ca_drop:
             continue
         seen.add(key)
-        shortlisted.append((mask, outcome))
+        shortlisted.append((mask, outcome, source))
         if len(shortlisted) == shortlist:
             break
     if not shortlisted:
         return Decision(mask=train_env.base_mask.copy(), train=None, holdout=None, candidates_checked=0,
                         within_budget=False)
-    held = holdout_env.score(np.array([m for m, _ in shortlisted]))
+    held = holdout_env.score(np.array([m for m, _, _ in shortlisted]))
     n_train, n_hold = len(train_env.clean_y), len(holdout_env.clean_y)
     best = None
-    for (mask, train_outcome), hold in zip(shortlisted, held):
+    for (mask, train_outcome, source), hold in zip(shortlisted, held):
         # The held-out part alone is small and noisy: the drop over all defense images must fit the budget too.
         pooled = (n_train * (train_env.ca0 - train_outcome.ca) + n_hold * (holdout_env.ca0 - hold.ca)) / (
             n_train + n_hold)
         if holdout_env.ca0 - hold.ca > max_ca_drop or pooled > 0.75 * max_ca_drop:
             continue
         if best is None or hold.reward > best[2].reward:
-            best = (mask, train_outcome, hold)
+            best = (mask, train_outcome, hold, source)
     if best is None:
         return Decision(mask=train_env.base_mask.copy(), train=None, holdout=None,
                         candidates_checked=len(shortlisted), within_budget=False)
     return Decision(mask=best[0], train=best[1], holdout=best[2], candidates_checked=len(shortlisted),
-                    within_budget=True)
+                    within_budget=True, source=best[3])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -105,7 +105,10 @@ REPORT_SCHEMA = {
                     "type": "object", "required": ["layer", "neurons", "pruned"],
                     "properties": {"layer": {"type": "string"}, "neurons": {"type": "integer"},
                                    "pruned": {"type": "integer"}}}}}},
-        "rounds": {"type": "array", "items": {"type": "object", "required": ["round", "pruned_groups"]}},
+        "rounds": {"type": "array", "items": {
+            "type": "object", "required": ["round", "pruned_groups"],
+            "properties": {"chosen_from": {"enum": ["agent sample", "policy ranking", "signal mask", None],
+                                           "description": "which candidate the round's decision took"}}}},
         "pruned_back": {"type": "object", "required": ["restored", "probe_asr", "defense_ca"],
                         "description": "groups the rounds pruned and the prune-back gave back, in that order",
                         "properties": {"restored": {"type": "array", "items": {"type": "string"}},
