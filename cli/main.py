@@ -398,7 +398,10 @@ onp_options = [
                  help="Prune, re-synthesize the trigger against the pruned model, prune more while it is found."),
     click.option("--prune-back/--no-prune-back", default=True, show_default=True,
                  help="After the rounds, give back pruned groups the backdoor probe does not need."),
-    click.option("--gnn", type=click.Choice(["graphconv", "sage", "gat"]), default="graphconv", show_default=True),
+    click.option("--gnn", type=click.Choice(["graphconv", "sage", "gat"]), default="graphconv", show_default=True,
+                 help="The policy's graph layers."),
+    click.option("--agent", "algorithm", type=click.Choice(["reinforce", "ppo"]), default="reinforce",
+                 show_default=True, help="How the policy learns from the rewards."),
     click.option("--force", is_flag=True, help="Prune even when trigger synthesis finds no backdoor evidence."),
     click.option("--report", "report_path", type=click.Path(dir_okay=False),
                  help="Write the JSON report here (schema: README, 'The report')."),
@@ -452,7 +455,7 @@ def audit(model, html_path, fail_on, detect_only, **options):
 
 
 def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only, data_path, max_ca_drop, steps,
-             masks_per_step, rounds, prune_back, gnn, force, report_path, poisoned_data, target, test_data, quiet,
+             masks_per_step, rounds, prune_back, gnn, algorithm, force, report_path, poisoned_data, target, test_data, quiet,
              preprocess_path, spec_path, limit, seed, provider, as_json):
     from dataclasses import replace
 
@@ -476,7 +479,7 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
                      force=force, rounds=rounds, prune=not detect_only,
                      prune_back_tolerance=base.prune_back_tolerance if prune_back else None,
                      reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
-                     train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed))
+                     train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed, algorithm=algorithm))
 
     # Test and poisoned data are read and checked against the model before the analysis: a gate must fail
     # on bad input at once, not after minutes of work.

@@ -115,7 +115,8 @@ def tiny():
     return spec, lm, nmap, defense
 
 
-def test_policy_training_is_repeatable(tiny):
+@pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
+def test_policy_training_is_repeatable(tiny, algorithm):
     spec, lm, nmap, defense = tiny
     evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
     mirror = TorchMirror(lm, nmap)
@@ -129,7 +130,8 @@ def test_policy_training_is_repeatable(tiny):
     def run(seed):
         torch.manual_seed(123)  # the policy's initial weights come from the global generator
         policy = PruningPolicy(batch.x.shape[1], nmap.num_groups, prior={4: 1.0})
-        result = train_policy(policy, batch, env, TrainConfig(steps=3, masks_per_step=4, seed=seed))
+        result = train_policy(policy, batch, env, TrainConfig(steps=3, masks_per_step=4, seed=seed,
+                                                              algorithm=algorithm))
         return np.array([m for m, _ in result.tried]), result.probabilities
 
     masks_a, probs_a = run(7)
@@ -137,6 +139,9 @@ def test_policy_training_is_repeatable(tiny):
     masks_c, _ = run(8)
     assert masks_a.any() and np.array_equal(masks_a, masks_b) and np.allclose(probs_a, probs_b)
     assert not np.array_equal(masks_a, masks_c)
+    torch.manual_seed(123)
+    initial = torch.sigmoid(PruningPolicy(batch.x.shape[1], nmap.num_groups, prior={4: 1.0})(batch)).detach().numpy()
+    assert not np.allclose(probs_a, initial)  # the policy learned something from three batches
 
 
 def test_training_stops_once_the_policy_samples_one_mask(tiny):
@@ -397,3 +402,35 @@ def test_a_backdoor_trigger_must_also_be_small():
 
     found = SanitizeConfig().found_ratio
     assert verazuo.size_ratio < found and sashank.size_ratio < found < seed3.size_ratio
+
+
+def test_the_decision_says_which_candidate_won():
+    """Group 2 alone carries the probe. When only a signal mask prunes it, the decision takes that mask and says so;
+    when the agent also sampled it, the agent's sample is credited (ties go to the agent)."""
+    from types import SimpleNamespace
+
+    from onnx_onp.agent.reinforce import Outcome
+    from onnx_onp.decide.choose import choose_mask
+
+    def outcome(m):
+        asr = 0.0 if m[2] else 0.9
+        return Outcome(ca=0.8 - 0.001 * m.sum(), asr=asr, pruned=int(m.sum()), reward=-asr - 0.01 * m.sum())
+
+    def env():
+        return SimpleNamespace(base_mask=np.zeros(4, bool), ca0=0.8, clean_y=np.zeros(100),
+                               score=lambda masks: [outcome(np.asarray(m)) for m in masks])
+
+    probabilities = np.array([0.9, 0.5, 0.1, 0.2])  # the policy ranks group 2 last
+    prunable = np.ones(4, bool)
+    signal = np.array([[False, False, True, False]])
+    sampled = np.array([True, False, False, False])
+    decision = choose_mask(env(), env(), [(sampled, outcome(sampled))], probabilities, prunable, max_ca_drop=0.02,
+                           max_fraction=0.5, extra=signal)
+    assert decision.mask.tolist() == [False, False, True, False] and decision.source == "signal mask"
+    tried = [(sampled, outcome(sampled)), (signal[0], outcome(signal[0]))]
+    decision = choose_mask(env(), env(), tried, probabilities, prunable, max_ca_drop=0.02, max_fraction=0.5,
+                           extra=signal)
+    assert decision.mask.tolist() == [False, False, True, False] and decision.source == "agent sample"
+    decision = choose_mask(env(), env(), [], np.array([0.1, 0.2, 0.9, 0.3]), prunable, max_ca_drop=0.02,
+                           max_fraction=0.5)
+    assert decision.mask.tolist() == [False, False, True, False] and decision.source == "policy ranking"

@@ -1,7 +1,7 @@
-"""Stage 6: the GNN policy and its REINFORCE trainer."""
+"""Stage 6: the GNN policy and its trainer (REINFORCE, or PPO)."""
 
 from .policy import GNN_KINDS, PruningPolicy
-from .reinforce import Outcome, RewardConfig, RewardEnv, TrainConfig, TrainResult, train_policy
+from .reinforce import ALGORITHMS, Outcome, RewardConfig, RewardEnv, TrainConfig, TrainResult, train_policy
 
-__all__ = ["GNN_KINDS", "Outcome", "PruningPolicy", "RewardConfig", "RewardEnv", "TrainConfig", "TrainResult",
+__all__ = ["ALGORITHMS", "GNN_KINDS", "Outcome", "PruningPolicy", "RewardConfig", "RewardEnv", "TrainConfig", "TrainResult",
            "train_policy"]

@@ -1,9 +1,11 @@
-"""Stage 6b: learn the pruning policy with REINFORCE, every reward from onnxruntime.
+"""Stage 6b: learn the pruning policy with REINFORCE (or PPO), every reward from onnxruntime.
 
 Each step samples a batch of masks from the policy (independent Bernoulli per group), scores all of them in
 onnxruntime on the defense data (clean accuracy, and the share of the backdoor probe still sent to the
-suspected target: trigger-stamped images, or clean images under the neuron perturbation), and moves the policy towards the masks that beat the batch's mean reward (the batch mean
-is the baseline; advantages are standardised). Seeded: the same seed gives the same masks.
+suspected target: trigger-stamped images, or clean images under the neuron perturbation), and moves the policy
+towards the masks that beat the batch's mean reward (the batch mean is the baseline; advantages are
+standardised). PPO takes several clipped steps on each batch instead of one. Seeded: the same seed gives the
+same masks.
 """
 
 from __future__ import annotations
@@ -84,12 +86,21 @@ class RewardEnv:
         return outcomes
 
 
+ALGORITHMS = ("reinforce", "ppo")
+
+
 @dataclass
 class TrainConfig:
     steps: int = 15
     masks_per_step: int = 8
     lr: float = 0.02
     entropy_weight: float = 0.001
+    # "reinforce": one policy-gradient step per batch of masks. "ppo": ppo_epochs clipped steps on each batch
+    # (the same onnxruntime rewards reused: rewards are the cost, the GNN passes are cheap). Compared in
+    # BENCHMARKS.md ("The agent").
+    algorithm: str = "reinforce"
+    ppo_epochs: int = 4
+    ppo_clip: float = 0.2
     max_seconds: float | None = None
     # Stop after this many steps in a row whose sampled masks were all one and the same mask: the policy has
     # settled and further steps only rescore it (None: always run every step).
@@ -107,6 +118,8 @@ class TrainResult:
 
 
 def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConfig, progress=None) -> TrainResult:
+    if config.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm must be one of {ALGORITHMS}")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
@@ -123,14 +136,18 @@ def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConf
         outcomes = env.score(masks)
         rewards = torch.tensor([o.reward for o in outcomes], dtype=torch.float32)
         advantage = (rewards - rewards.mean()) / (rewards.std() + 1e-6)
-        log_prob = (samples * torch.log(probs + 1e-8) + (1 - samples) * torch.log(1 - probs + 1e-8)).sum(dim=1)
-        entropy = -(probs * torch.log(probs + 1e-8) + (1 - probs) * torch.log(1 - probs + 1e-8)).sum()
-        loss = -(advantage * log_prob).mean() - config.entropy_weight * entropy
-        optimizer.zero_grad()
-        if torch.isfinite(loss):  # a degenerate batch (e.g. identical rewards) must not poison the policy
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
+        if config.algorithm == "ppo":
+            old_log_prob = _log_prob(samples, probs).detach()
+            for epoch in range(config.ppo_epochs):
+                if epoch:  # the first epoch reuses this step's forward pass
+                    probs = torch.sigmoid(policy(batch)[decide])
+                ratio = torch.exp(_log_prob(samples, probs) - old_log_prob)
+                clipped = torch.clamp(ratio, 1 - config.ppo_clip, 1 + config.ppo_clip)
+                _step(optimizer, policy, -torch.min(ratio * advantage, clipped * advantage).mean()
+                      - config.entropy_weight * _entropy(probs))
+        else:
+            _step(optimizer, policy, -(advantage * _log_prob(samples, probs)).mean()
+                  - config.entropy_weight * _entropy(probs))
         result.tried.extend(zip(masks, outcomes))
         best = max(outcomes, key=lambda o: o.reward)
         record = {"step": step, "mean_reward": float(rewards.mean()), "best_reward": best.reward,
@@ -149,3 +166,20 @@ def train_policy(policy: PruningPolicy, batch, env: RewardEnv, config: TrainConf
         result.probabilities = torch.sigmoid(policy(batch)).numpy()
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _log_prob(samples: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each sampled mask under independent Bernoullis."""
+    return (samples * torch.log(probs + 1e-8) + (1 - samples) * torch.log(1 - probs + 1e-8)).sum(dim=1)
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * torch.log(probs + 1e-8) + (1 - probs) * torch.log(1 - probs + 1e-8)).sum()
+
+
+def _step(optimizer, policy: PruningPolicy, loss: torch.Tensor) -> None:
+    optimizer.zero_grad()
+    if torch.isfinite(loss):  # a degenerate batch (e.g. identical rewards) must not poison the policy
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
