@@ -1,0 +1,92 @@
+"""How many groups does each backdoor signal need? An analysis with the attack's real trigger, which sanitize
+never sees: it says whether a model's backdoor can be pruned within the clean-accuracy budget by the signals ONP
+starts from, or whether the search is what fails.
+
+    python -m benchmarks.signal_ranking resnet18w32_badnets_cifar10 --sizes 2,4,8,12,16,24,32
+
+Synthesizes the suspect's trigger as sanitize does (the spec's target; the large-model batch size from 1M
+parameters), computes the per-group signals on the 350 training images of the benchmark's 500 defense images
+(stamped with the trigger and its amplified copy), then for each signal prunes the top-k groups by their
+within-layer z-score (signals/features.py; the ranking signal_masks uses) and prints the real ASR and test CA
+on --test-limit seeded test images, and the probe's ASR on the stamped defense images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from benchmarks.additive_probe import probe_inputs
+from onnx_onp.bench import DataSplits
+from onnx_onp.instrument import MaskedEvaluator
+from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
+from onnx_onp.neuron_map import build_neuron_map
+from onnx_onp.sanitize import LARGE_MODEL_PARAMETERS, SanitizeConfig, _parameters, _split, large_model_schedule
+from onnx_onp.signals.features import compute_signals
+from onnx_onp.signals.synthesis import amplify, spatial_axes, synthesize
+
+
+def layer_z(nmap, values: np.ndarray) -> np.ndarray:
+    """Each prunable group's largest z-score within the layers it belongs to (-inf: not prunable)."""
+    z = np.full(nmap.num_groups, -np.inf)
+    for layer in nmap.layers:
+        groups = np.unique(nmap.layer_groups(layer))
+        groups = groups[nmap.prunable[groups]]
+        if len(groups) >= 2:
+            scores = (values[groups] - values[groups].mean()) / max(values[groups].std(), 1e-12)
+            z[groups] = np.maximum(z[groups], scores)
+    return z
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("case")
+    parser.add_argument("--signals", default="act_shift,blc,lipschitz")
+    parser.add_argument("--sizes", default="2,4,8,12,16,24,32")
+    parser.add_argument("--test-limit", type=int, default=2000, help="seeded test images (default 2000)")
+    args = parser.parse_args(argv)
+    ((case, spec, lm, defense, mirror),) = list(probe_inputs(args.case))
+    start = time.perf_counter()
+    nmap = build_neuron_map(lm)
+    config = SanitizeConfig()
+    if _parameters(lm) >= LARGE_MODEL_PARAMETERS:
+        config = large_model_schedule(config)
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    test = DataSplits().splits(case.dataset)[1].take(args.test_limit, seed=1)
+    triggered, clean = prepare_triggered(lm, test, spec, spec.preprocess), prepare(lm, test, spec.preprocess)
+    train, _ = _split(defense, config.holdout, config.seed)
+    layout = spec.preprocess.layout
+    axes = spatial_axes(layout)
+    trigger = synthesize(mirror, train.x, train.y, lm.num_classes, layout, config.synthesis,
+                         classes=[spec.target]).candidates[0]
+    others = train.x[train.y != spec.target]
+    stamped = np.concatenate([trigger.apply(others[::2], axes),
+                              amplify(trigger, train.x, layout).apply(others[1::2], axes)])
+    signals = compute_signals(lm, nmap, mirror, train.x, train.y, stamped, spec.target)
+    probe_y = np.full(len(stamped), spec.target)
+
+    def measure(mask):
+        return (100 * attack_scores(evaluator, triggered, spec.target, mask).asr,
+                100 * evaluator.score(clean.x, clean.y, mask).accuracy,
+                100 * evaluator.score(stamped, probe_y, mask).accuracy)
+
+    asr0, ca0, probe0 = measure(None)
+    print(f"{case.name}: synthesized mask L1 {trigger.mask_l1:.1f}; unpruned real ASR {asr0:.2f}%, test CA "
+          f"{ca0:.2f}% ({len(test)} images), probe ASR {probe0:.1f}%")
+    print("| signal | groups | neurons | real ASR % | test CA % | CA drop (points) | probe ASR % |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in args.signals.split(","):
+        order = np.argsort(-layer_z(nmap, signals[name].astype(np.float64)), kind="stable")
+        for k in (int(s) for s in args.sizes.split(",")):
+            mask = nmap.empty_mask()
+            mask[order[:k]] = True
+            asr, ca, probe = measure(mask)
+            neurons = sum(len(nmap.groups[g].neurons) for g in order[:k])
+            print(f"| {name} | {k} | {neurons} | {asr:.2f} | {ca:.2f} | {ca0 - ca:.2f} | {probe:.1f} |", flush=True)
+    print(f"{time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
