@@ -64,14 +64,14 @@ def main(argv=None):
             der.append(100 * row.der)
             print(f"| {variant} | {case.case.name} | {asr[-1]:.2f} | {drop[-1]:.2f} | {der[-1]:.2f} | "
                   f"{row.pruned_groups} | {row.seconds:.0f} | {chosen} |", flush=True)
+        if args.json:  # after every variant, so a run cut short keeps what it measured
+            atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
         if asr:
             lines.append(f"| {variant} | {sum(asr) / len(asr):.2f} | {max(asr):.2f} | {sum(drop) / len(drop):.2f} | "
                          f"{max(drop):.2f} | {sum(der) / len(der):.2f} |")
     print("\n| variant | mean ASR % | worst ASR % | mean CA drop | worst CA drop | mean DER % |")
     print("|---|---:|---:|---:|---:|---:|")
     print("\n".join(lines))
-    if args.json:
-        atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
