@@ -7,7 +7,7 @@ starts from, or whether the search is what fails.
 Synthesizes the suspect's trigger as sanitize does (the spec's target; the large-model batch size from 1M
 parameters), computes the per-group signals on the 350 training images of the benchmark's 500 defense images
 (stamped with the trigger and its amplified copy), then for each signal prunes the top-k groups by their
-within-layer z-score (signals/features.py; the ranking signal_masks uses) and prints the real ASR and test CA
+within-layer z-score (decide/choose.py layer_zscores, as signal_masks ranks them) and prints the real ASR and test CA
 on --test-limit seeded test images, and the probe's ASR on the stamped defense images.
 """
 
@@ -20,24 +20,13 @@ import numpy as np
 
 from benchmarks.additive_probe import probe_inputs
 from onnx_onp.bench import DataSplits
+from onnx_onp.decide.choose import layer_zscores
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.sanitize import LARGE_MODEL_PARAMETERS, SanitizeConfig, _parameters, _split, large_model_schedule
 from onnx_onp.signals.features import compute_signals
 from onnx_onp.signals.synthesis import amplify, spatial_axes, synthesize
-
-
-def layer_z(nmap, values: np.ndarray) -> np.ndarray:
-    """Each prunable group's largest z-score within the layers it belongs to (-inf: not prunable)."""
-    z = np.full(nmap.num_groups, -np.inf)
-    for layer in nmap.layers:
-        groups = np.unique(nmap.layer_groups(layer))
-        groups = groups[nmap.prunable[groups]]
-        if len(groups) >= 2:
-            scores = (values[groups] - values[groups].mean()) / max(values[groups].std(), 1e-12)
-            z[groups] = np.maximum(z[groups], scores)
-    return z
 
 
 def main(argv=None):
@@ -78,7 +67,7 @@ def main(argv=None):
     print("| signal | groups | neurons | real ASR % | test CA % | CA drop (points) | probe ASR % |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in args.signals.split(","):
-        order = np.argsort(-layer_z(nmap, signals[name].astype(np.float64)), kind="stable")
+        order = np.argsort(-layer_zscores(nmap, signals[name]), kind="stable")
         for k in (int(s) for s in args.sizes.split(",")):
             mask = nmap.empty_mask()
             mask[order[:k]] = True

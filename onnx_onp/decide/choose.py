@@ -40,6 +40,28 @@ def ranked_masks(probabilities: np.ndarray, prunable: np.ndarray, max_size: int)
     return masks
 
 
+def prunable_layer_groups(nmap):
+    """Per layer, its prunable groups, for layers with at least two (a z-score needs a spread)."""
+    for layer in nmap.layers:
+        groups = np.unique(nmap.layer_groups(layer))
+        groups = groups[nmap.prunable[groups]]
+        if len(groups) >= 2:
+            yield groups
+
+
+def zscores(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float64)
+    return (values - values.mean()) / max(values.std(), 1e-12)
+
+
+def layer_zscores(nmap, values: np.ndarray) -> np.ndarray:
+    """Each group's largest z-score within the layers it belongs to (-inf where it is in no such layer)."""
+    z = np.full(nmap.num_groups, -np.inf)
+    for groups in prunable_layer_groups(nmap):
+        z[groups] = np.maximum(z[groups], zscores(values[groups]))
+    return z
+
+
 def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_layer=(1, 2, 4),
                  thresholds=(3.0, 2.5, 2.0)) -> np.ndarray:
     """Masks the signals alone suggest: per layer, the top-k groups by each backdoor signal, and over all
@@ -47,29 +69,21 @@ def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_
 
     They join the agent's masks as candidates, scored by the same reward: the policy has to beat them.
     """
-    prunable = nmap.prunable
     masks = []
-    z = {name: np.zeros(nmap.num_groups) for name in names}
-    for layer in nmap.layers:
-        groups = np.unique(nmap.layer_groups(layer))
-        groups = groups[prunable[groups]]
-        if len(groups) < 2:
-            continue
+    for groups in prunable_layer_groups(nmap):
         for name in names:
-            values = signals[name][groups].astype(np.float64)
-            scores = (values - values.mean()) / max(values.std(), 1e-12)
-            z[name][groups] = np.maximum(z[name][groups], scores)
             if name == "lipschitz":
                 continue  # a weight statistic: used through the thresholds only
-            order = groups[np.argsort(-scores, kind="stable")]
+            order = groups[np.argsort(-zscores(signals[name][groups]), kind="stable")]
             for k in per_layer:
                 if k < len(groups):
                     mask = nmap.empty_mask()
                     mask[order[:k]] = True
                     masks.append(mask)
     for name in names:
+        z = layer_zscores(nmap, signals[name])
         for threshold in thresholds:
-            mask = (z[name] > threshold) & prunable
+            mask = (z > threshold) & nmap.prunable
             if mask.any():
                 masks.append(mask)
     return np.array(masks) if masks else np.zeros((0, nmap.num_groups), dtype=bool)
