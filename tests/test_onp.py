@@ -19,7 +19,8 @@ from onnx_onp.mirror import TorchMirror
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.signals.features import SIGNALS, GroupSignals, compute_signals
 from onnx_onp.signals.perturbation import PerturbationConfig, perturb_towards
-from onnx_onp.signals.synthesis import SynthesisConfig, TriggerCandidate, amplify, anomaly_indices, synthesize
+from onnx_onp.signals.synthesis import (SynthesisConfig, TriggerCandidate, amplify, anomaly_indices, channel_range,
+                                        synthesize, synthesize_blend)
 from onnx_onp_cli.main import main
 
 from .conftest import DATA, FIXTURES, REAL_MODELS, need
@@ -222,6 +223,25 @@ def test_amplified_trigger_is_solid_grown_and_saturated():
     assert np.all(strong.pattern[0] == 1.0) and np.all(strong.pattern[1] == -1.0)  # pushed to the data's range
 
 
+def test_blend_probe_is_a_whole_image_blend_at_a_fixed_alpha(tiny):
+    """The blend probe stamps (1 - alpha)·x + alpha·p on every pixel, p within the data's range, the same for the
+    same seed; its success is measured by the torch mirror and agrees with onnxruntime on the same images."""
+    spec, lm, nmap, defense = tiny
+    mirror = TorchMirror(lm, nmap)
+    config = SynthesisConfig(steps=8, batch_size=16, seed=3)
+    blend = synthesize_blend(mirror, defense.x, defense.y, 0, "NCHW", alpha=0.05, config=config)
+    again = synthesize_blend(mirror, defense.x, defense.y, 0, "NCHW", alpha=0.05, config=config)
+    assert np.array_equal(blend.pattern, again.pattern) and blend.success == again.success
+    assert np.all(blend.mask == np.float32(0.05)) and blend.mask.shape == defense.x.shape[2:]
+    low, high = channel_range(defense.x, "NCHW")
+    assert np.all(blend.pattern >= low - 1e-6) and np.all(blend.pattern <= high + 1e-6)
+    others = defense.x[defense.y != 0][:256]
+    stamped = blend.apply(others, (2, 3))
+    np.testing.assert_allclose(stamped, 0.95 * others + 0.05 * blend.pattern, atol=1e-5)
+    share = float((MaskedEvaluator(lm, nmap, provider="cpu").logits(stamped).argmax(1) == 0).mean())
+    assert abs(share - blend.success) <= 1 / len(others) + 1e-9
+
+
 def test_neuron_perturbation_finds_the_warping_backdoor():
     """WaNet escapes trigger synthesis; a ±5% perturbation of the neurons sends nearly all clean images of
     other classes to its target, far more than to another class, and pruning the groups it runs through
@@ -292,14 +312,17 @@ def test_amplification_index_separates_the_measured_counts():
 
 
 def test_prune_back_returns_the_groups_the_probe_does_not_need(monkeypatch):
-    """Groups 0 and 1 hold the backdoor (either one back: probe ASR up), groups 2 and 3 cost clean accuracy only:
-    the prune-back gives back 3 (the dearer), then 2, and keeps 0 and 1."""
+    """Groups 0 and 1 hold the backdoor (either one back: probe ASR up), groups 2 and 3 cost clean accuracy only,
+    group 4 costs nothing: the prune-back gives back 3 (the dearer), then 2, and keeps 0 and 1, and 4 (its return
+    would give back no clean accuracy, so it stays as a margin)."""
     from types import SimpleNamespace
 
     from onnx_onp import sanitize as sanitize_module
     from onnx_onp.agent.reinforce import Outcome
 
     class Env:
+        clean_y = np.zeros(100)
+
         def score(self, masks):
             return [Outcome(ca=0.8 - 0.01 * m[2] - 0.03 * m[3], asr=0.1 + 0.5 * (not m[0]) + 0.4 * (not m[1]),
                             pruned=int(m.sum()), reward=0.0) for m in masks]
@@ -307,9 +330,9 @@ def test_prune_back_returns_the_groups_the_probe_does_not_need(monkeypatch):
     monkeypatch.setattr(sanitize_module, "_env", lambda *args, **kwargs: Env())
     nmap = SimpleNamespace(label=lambda n: f"layer:{n}", groups=[SimpleNamespace(neurons=[g]) for g in range(5)])
     config = sanitize_module.SanitizeConfig(prune_back_tolerance=0.02)
-    mask = np.array([True, True, True, True, False])
+    mask = np.array([True, True, True, True, True])
     kept, detail = sanitize_module._prune_back(SimpleNamespace(nmap=nmap), None, [], 0, (2, 3), config, mask)
-    assert kept.tolist() == [True, True, False, False, False]
+    assert kept.tolist() == [True, True, False, False, True]
     assert detail["restored"] == ["layer:3", "layer:2"] and detail["probe_asr"] == {"before": 0.1, "after": 0.1}
     assert detail["defense_ca"]["after"] == pytest.approx(0.8)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.7"
+SCHEMA_VERSION = "1.8"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -109,6 +109,10 @@ REPORT_SCHEMA = {
             "type": "object", "required": ["round", "pruned_groups"],
             "properties": {"chosen_from": {"enum": ["agent sample", "policy ranking", "signal mask", None],
                                            "description": "which candidate the round's decision took"}}}},
+        "blend_probe": {"type": "object", "required": ["alpha", "success", "used"],
+                        "description": "a whole-image pattern blended in at alpha towards the suspect; used as a "
+                                       "probe only when it sends enough other classes' images there",
+                        "properties": {"alpha": _number, "success": _share, "used": {"type": "boolean"}}},
         "pruned_back": {"type": "object", "required": ["restored", "probe_asr", "defense_ca"],
                         "description": "groups the rounds pruned and the prune-back gave back, in that order",
                         "properties": {"restored": {"type": "array", "items": {"type": "string"}},
