@@ -525,7 +525,9 @@ def _prune_back(evaluator, defense: Prepared, triggers, target, axes, config: Sa
         candidates = np.repeat(mask[None], len(pruned), axis=0)
         candidates[np.arange(len(pruned)), pruned] = False
         outcomes = env.score(candidates)
-        min_gain = (config.prune_back_min_images - 0.5) / max(1, len(env.clean_y))
+        # 0 images: any group the probe can spare, whatever its return gives back (the rule before 1.8).
+        min_gain = (config.prune_back_min_images - 0.5) / max(1, len(env.clean_y)) if config.prune_back_min_images \
+            else -np.inf
         allowed = [i for i in range(len(pruned)) if outcomes[i].asr <= start.asr + config.prune_back_tolerance
                    and outcomes[i].ca - current.ca >= min_gain]
         if not allowed:
