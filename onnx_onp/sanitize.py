@@ -65,8 +65,8 @@ class SanitizeConfig:
     # ... and a whole-image pattern blended in at this alpha, towards the suspect (None: not): the probe for
     # triggers spread over the image, which a small-mask trigger approximates badly. Used only where it reaches
     # the suspect (BLEND_PROBE_MIN_SUCCESS), and re-synthesized against the pruned model after every round, as the
-    # small-mask trigger is. Measured on the Blended ResNet-18 (3000 test images): real ASR after the rounds 82.8%
-    # without it, 27.3% with it, 20.9% with it re-synthesized each round (BENCHMARKS.md, run 15).
+    # small-mask trigger is. Measured on the Blended ResNet-18: real ASR 90.68% without it (run 12), 20.80% with
+    # it (run 15); 27.25% if it is not re-synthesized (benchmarks/probe_trace.py; BENCHMARKS.md).
     blend_probe_alpha: float | None = 0.05
     blend_probe_resynthesis: bool = True
     # Torch threads for synthesis and signals; None: one for small models (interpreted op by op, more threads
@@ -350,7 +350,7 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
         if config.blend_probe_alpha is not None and not by_perturbation:
             blend = synthesize_blend(mirror, train.x, train.y, target, layout, alpha=config.blend_probe_alpha,
                                      config=replace(config.synthesis, steps=config.refine_steps, seed=config.seed + 50))
-            # Only a blend that reaches the target is a probe of the backdoor (on patch backdoors it does not).
+            # Only a blend that reaches the target probes the backdoor (on the patch backdoors measured it does not).
             report["blend_probe"] = {"alpha": config.blend_probe_alpha, "success": round(blend.success, 3),
                                      "used": blend.success >= BLEND_PROBE_MIN_SUCCESS}
             if blend.success >= BLEND_PROBE_MIN_SUCCESS:
