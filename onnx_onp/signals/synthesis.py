@@ -85,6 +85,16 @@ def anomaly_indices(norms: np.ndarray) -> np.ndarray:
     return (median - norms) / max(mad, 1e-12)
 
 
+def bounded_pattern(param: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """The pattern a free parameter stands for, squashed into each channel's range [low, high]."""
+    return low + (torch.tanh(param) + 1) / 2 * (high - low)
+
+
+def random_batch(indices: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
+    """``size`` of ``indices``, drawn with replacement from the seeded generator (one optimisation step's batch)."""
+    return torch.from_numpy(indices[torch.randint(len(indices), (size,), generator=generator).numpy()])
+
+
 def synthesize(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, num_classes: int, layout: str,
                config: SynthesisConfig = SynthesisConfig(), classes: list[int] | None = None,
                keep: torch.Tensor | None = None, progress=None) -> SynthesisResult:
@@ -111,10 +121,9 @@ def synthesize(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, num_classes: i
         labels = torch.full((config.batch_size,), target, dtype=torch.long)
         success = 0.0
         for _ in range(config.steps):
-            pick = torch.from_numpy(others[torch.randint(len(others), (config.batch_size,),
-                                                         generator=generator).numpy()])
+            pick = random_batch(others, config.batch_size, generator)
             mask = torch.sigmoid(mask_param)
-            pattern = low + (torch.tanh(pattern_param) + 1) / 2 * (high - low)
+            pattern = bounded_pattern(pattern_param, low, high)
             stamped = (1 - mask) * xt[pick] + mask * pattern
             logits = mirror(stamped, keep, logits=True)
             loss = F.cross_entropy(logits, labels) + weight * mask.sum()
@@ -124,7 +133,7 @@ def synthesize(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, num_classes: i
             success = float((logits.argmax(1) == target).float().mean())
         with torch.no_grad():
             mask = torch.sigmoid(mask_param).reshape(height, width).numpy()
-            pattern = (low + (torch.tanh(pattern_param) + 1) / 2 * (high - low)).numpy()
+            pattern = bounded_pattern(pattern_param, low, high).numpy()
         candidates.append(TriggerCandidate(target=target, mask=mask, pattern=pattern.astype(x.dtype),
                                            mask_l1=float(mask.sum()), success=success))
         if progress is not None:
@@ -178,15 +187,15 @@ def synthesize_blend(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, target: 
     labels = torch.full((config.batch_size,), target, dtype=torch.long)
     mirror.eval()
     for _ in range(config.steps):
-        pick = torch.from_numpy(others[torch.randint(len(others), (config.batch_size,), generator=generator).numpy()])
-        pattern = low + (torch.tanh(pattern_param) + 1) / 2 * (high - low)
+        pick = random_batch(others, config.batch_size, generator)
+        pattern = bounded_pattern(pattern_param, low, high)
         logits = mirror((1 - alpha) * xt[pick] + alpha * pattern, keep, logits=True)
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        pattern = low + (torch.tanh(pattern_param) + 1) / 2 * (high - low)
+        pattern = bounded_pattern(pattern_param, low, high)
         # Success on up to 256 images of other classes, not one batch: whether it is used depends on it.
         check = xt[torch.from_numpy(others[:256])]
         success = float((mirror((1 - alpha) * check + alpha * pattern, keep, logits=True).argmax(1) == target)
