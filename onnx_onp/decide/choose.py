@@ -92,7 +92,7 @@ def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_
 def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[np.ndarray, Outcome]],
                 probabilities: np.ndarray, prunable: np.ndarray, *, max_ca_drop: float,
                 max_fraction: float = 0.25, shortlist: int = 10, extra: np.ndarray | None = None,
-                extra_shortlist: int | None = None) -> Decision:
+                extra_shortlist: int | None = None, pooled_share: float = 0.75) -> Decision:
     ranked = ranked_masks(probabilities, prunable, max(1, int(max_fraction * prunable.sum())))
     sources = ["policy ranking"] * len(ranked)
     if extra is not None and len(extra):
@@ -126,7 +126,7 @@ def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[
         # The held-out part alone is small and noisy: the drop over all defense images must fit the budget too.
         pooled = (n_train * (train_env.ca0 - train_outcome.ca) + n_hold * (holdout_env.ca0 - hold.ca)) / (
             n_train + n_hold)
-        if holdout_env.ca0 - hold.ca > max_ca_drop or pooled > 0.75 * max_ca_drop:
+        if holdout_env.ca0 - hold.ca > max_ca_drop or pooled > pooled_share * max_ca_drop:
             continue
         if best is None or hold.reward > best[2].reward:
             best = (mask, train_outcome, hold, source)
