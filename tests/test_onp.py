@@ -457,3 +457,29 @@ def test_the_decision_says_which_candidate_won():
     decision = choose_mask(env(), env(), [], np.array([0.1, 0.2, 0.9, 0.3]), prunable, max_ca_drop=0.02,
                            max_fraction=0.5)
     assert decision.mask.tolist() == [False, False, True, False] and decision.source == "policy ranking"
+
+
+def test_later_rounds_see_the_signals_of_the_pruned_model(tiny):
+    """A round after the first ranks groups in the model as pruned so far: the pruned groups' signals are 0 and no
+    signal mask picks them again, while the groups after them see the changed activations. With nothing pruned
+    the signals are exactly those of the unpruned model."""
+    from onnx_onp.decide.choose import signal_masks
+
+    spec, lm, nmap, defense = tiny
+    mirror = TorchMirror(lm, nmap)
+    x, y = defense.x[:96], defense.y[:96]
+    stamped = x[y != 0].copy()
+    stamped[:, :, -4:, -4:] = x.max()  # a corner patch: any probe will do here
+    target = 0
+    unpruned = compute_signals(lm, nmap, mirror, x, y, stamped, target)
+    same = compute_signals(lm, nmap, mirror, x, y, stamped, target, pruned=nmap.empty_mask())
+    assert np.array_equal(unpruned.values, same.values)
+    pruned = nmap.empty_mask()
+    pruned[np.argsort(-np.where(nmap.prunable, unpruned["act_shift"], -np.inf))[:3]] = True
+    after = compute_signals(lm, nmap, mirror, x, y, stamped, target, pruned=pruned)
+    assert not after.values[pruned].any()
+    later = ~pruned & (np.abs(after["act_clean"] - unpruned["act_clean"]) > 1e-6)
+    assert later.any()  # pruning changes what the groups downstream see
+    masks = signal_masks(nmap, after, exclude=pruned)
+    assert len(masks) and not (masks & pruned).any()
+    assert (signal_masks(nmap, unpruned) & pruned).any()  # unexcluded, the top groups are picked again

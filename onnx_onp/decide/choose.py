@@ -40,11 +40,12 @@ def ranked_masks(probabilities: np.ndarray, prunable: np.ndarray, max_size: int)
     return masks
 
 
-def prunable_layer_groups(nmap):
-    """Per layer, its prunable groups, for layers with at least two (a z-score needs a spread)."""
+def prunable_layer_groups(nmap, exclude: np.ndarray | None = None):
+    """Per layer, its prunable groups (less those in ``exclude``), for layers with at least two (a z-score needs
+    a spread)."""
     for layer in nmap.layers:
         groups = np.unique(nmap.layer_groups(layer))
-        groups = groups[nmap.prunable[groups]]
+        groups = groups[nmap.prunable[groups] & (True if exclude is None else ~exclude[groups])]
         if len(groups) >= 2:
             yield groups
 
@@ -54,23 +55,25 @@ def zscores(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / max(values.std(), 1e-12)
 
 
-def layer_zscores(nmap, values: np.ndarray) -> np.ndarray:
-    """Each group's largest z-score within the layers it belongs to (-inf where it is in no such layer)."""
+def layer_zscores(nmap, values: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Each group's largest z-score within the layers it belongs to (-inf where it is in no such layer, or in
+    ``exclude``)."""
     z = np.full(nmap.num_groups, -np.inf)
-    for groups in prunable_layer_groups(nmap):
+    for groups in prunable_layer_groups(nmap, exclude):
         z[groups] = np.maximum(z[groups], zscores(values[groups]))
     return z
 
 
 def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_layer=(1, 2, 4),
-                 thresholds=(3.0, 2.5, 2.0)) -> np.ndarray:
+                 thresholds=(3.0, 2.5, 2.0), exclude: np.ndarray | None = None) -> np.ndarray:
     """Masks the signals alone suggest: per layer, the top-k groups by each backdoor signal, and over all
     layers, the groups whose in-layer z-score passes a threshold (CLP's rule, applied to every signal).
+    ``exclude``: groups already pruned; the masks rank only the others (they are added to the base mask).
 
     They join the agent's masks as candidates, scored by the same reward: the policy has to beat them.
     """
     masks = []
-    for groups in prunable_layer_groups(nmap):
+    for groups in prunable_layer_groups(nmap, exclude):
         for name in names:
             if name == "lipschitz":
                 continue  # a weight statistic: used through the thresholds only
@@ -81,7 +84,7 @@ def signal_masks(nmap, signals, *, names=("act_shift", "blc", "lipschitz"), per_
                     mask[order[:k]] = True
                     masks.append(mask)
     for name in names:
-        z = layer_zscores(nmap, signals[name])
+        z = layer_zscores(nmap, signals[name], exclude)
         for threshold in thresholds:
             mask = (z > threshold) & nmap.prunable
             if mask.any():

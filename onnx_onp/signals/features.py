@@ -53,9 +53,9 @@ def _site_means(nmap: NeuronMap, captured: dict[str, torch.Tensor], totals: np.n
         np.add.at(counts, flat[valid], 1)
 
 
-def _pass(mirror, nmap, x, labels, batch_size, multipliers=None):
+def _pass(mirror, nmap, x, labels, batch_size, multipliers=None, base_keep=None):
     """Mean activations per group and −∂loss/∂keep over the data, in batches (groups scaled per sample by
-    ``multipliers`` when given: the neuron-perturbation probe)."""
+    ``multipliers`` when given: the neuron-perturbation probe; and by ``base_keep``: the model already pruned)."""
     totals = np.zeros(nmap.num_groups)
     counts = np.zeros(nmap.num_groups)
     grad = np.zeros(nmap.num_groups)
@@ -65,6 +65,8 @@ def _pass(mirror, nmap, x, labels, batch_size, multipliers=None):
         xb = torch.from_numpy(x[start:start + batch_size])
         scaled = keep if multipliers is None else keep * torch.from_numpy(
             np.ascontiguousarray(multipliers[start:start + batch_size], dtype=np.float32))
+        if base_keep is not None:
+            scaled = scaled * base_keep
         logits, captured = mirror(xb, scaled, capture=sites, logits=True)
         loss = F.cross_entropy(logits, torch.from_numpy(labels[start:start + batch_size]), reduction="sum")
         loss.backward()
@@ -95,10 +97,16 @@ def weight_signals(lm: LoadedModel, nmap: NeuronMap) -> tuple[np.ndarray, np.nda
 
 def compute_signals(lm: LoadedModel, nmap: NeuronMap, mirror: TorchMirror, clean_x: np.ndarray,
                     clean_y: np.ndarray, stamped_x: np.ndarray, target: int, *, stamped_multipliers=None,
-                    batch_size: int = 128) -> GroupSignals:
-    act_clean, clc = _pass(mirror, nmap, clean_x, clean_y, batch_size)
+                    pruned: np.ndarray | None = None, batch_size: int = 128) -> GroupSignals:
+    """``pruned``: groups already pruned (a boolean mask). The signals are then those of the pruned model: later
+    rounds must look for what still carries the backdoor, not at the groups earlier rounds took out. A pruned
+    group's signals are all 0 (its weights are zero there)."""
+    base_keep = None if pruned is None else torch.from_numpy((~pruned).astype(np.float32))
+    act_clean, clc = _pass(mirror, nmap, clean_x, clean_y, batch_size, base_keep=base_keep)
     act_trigger, blc = _pass(mirror, nmap, stamped_x, np.full(len(stamped_x), target, np.int64), batch_size,
-                             stamped_multipliers)
+                             stamped_multipliers, base_keep=base_keep)
     weight_norm, lipschitz = weight_signals(lm, nmap)
+    if pruned is not None:
+        weight_norm, lipschitz = np.where(pruned, 0.0, weight_norm), np.where(pruned, 0.0, lipschitz)
     values = np.stack([act_clean, act_trigger, act_trigger - act_clean, clc, blc, weight_norm, lipschitz], axis=1)
     return GroupSignals(names=SIGNALS, values=values.astype(np.float32))
