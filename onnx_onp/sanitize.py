@@ -15,7 +15,7 @@ from . import __version__
 from .agent.policy import INITIAL_RATE, PruningPolicy
 from .agent.reinforce import RewardConfig, RewardEnv, TrainConfig, train_policy
 from .data import Dataset, Preprocess
-from .decide.choose import choose_mask, signal_masks
+from .decide.choose import choose_mask, signal_masks, signal_walk_masks
 from .export import export_pruned
 from .graphs import GraphConfig, batch_graphs, build_graphs
 from .instrument import MaskedEvaluator
@@ -104,6 +104,9 @@ class SanitizeConfig:
     # Measured on the Blended ResNet-18 (benchmarks/probe_trace.py): 58.95% real ASR after the prune-back with it,
     # 20.91% without, so it stays off.
     signals_of_pruned_model: bool = False
+    # Candidates grown down the activation-shift and BLC rankings, skipping costly groups (decide/choose.py
+    # signal_walk_masks): groups looked at per signal and round (None: no walk).
+    signal_walk: int | None = 48
     seed: int = 0
     provider: str = "auto"
     shrink: bool = False
@@ -395,11 +398,14 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
             if first is None:
                 first = (train_result.probabilities, signals, graphs)
             progress.stage(f"{step}: choosing the mask on held-out data")
+            walked = None if config.signal_walk is None else signal_walk_masks(
+                train_env, nmap, signals, max_drop=config.pooled_ca_share * config.max_ca_drop,
+                max_groups=config.signal_walk, exclude=pruned_so_far)
             decision = choose_mask(train_env, hold_env, train_result.tried, train_result.probabilities,
                                    nmap.prunable, max_ca_drop=config.max_ca_drop,
                                    extra=signal_masks(nmap, signals, exclude=pruned_so_far),
                                    extra_shortlist=config.extra_shortlist,
-                                   pooled_share=config.pooled_ca_share)
+                                   pooled_share=config.pooled_ca_share, walked=walked)
             mask = decision.mask
             timer.lap("decision")
             # Can the backdoor still be found in the pruned model? Search for it again against the pruned model.

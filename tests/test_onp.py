@@ -483,3 +483,29 @@ def test_later_rounds_see_the_signals_of_the_pruned_model(tiny):
     masks = signal_masks(nmap, after, exclude=pruned)
     assert len(masks) and not (masks & pruned).any()
     assert (signal_masks(nmap, unpruned) & pruned).any()  # unexcluded, the top groups are picked again
+
+
+def test_signal_walk_skips_the_costly_group_and_stops_once_the_probe_is_gone():
+    """Groups ranked 0..5 by the signal; 0, 2 and 3 carry the probe, 1 costs 5 points of clean accuracy and 4
+    would raise the probe's ASR. The walk joins 0, 2, 3 (skipping 1), stops there, and offers each step."""
+    from types import SimpleNamespace
+
+    from onnx_onp.agent.reinforce import Outcome
+    from onnx_onp.decide.choose import signal_walk_masks
+
+    def outcome(m):
+        asr = max(0.0, 0.9 - 0.3 * int(m[[0, 2, 3]].sum())) + 0.05 * m[4]
+        ca = 0.8 - 0.05 * m[1] - 0.001 * m.sum()
+        return Outcome(ca=ca, asr=asr, pruned=int(m.sum()), reward=0.0)
+
+    calls = []
+    env = SimpleNamespace(base_mask=np.zeros(6, bool), ca0=0.8,
+                          score=lambda masks: calls.append(len(masks)) or [outcome(np.asarray(m)) for m in masks])
+    nmap = SimpleNamespace(layers=["conv"], layer_groups=lambda layer: np.arange(6), prunable=np.ones(6, bool),
+                           num_groups=6)
+    signals = {"act_shift": np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])}
+    masks = signal_walk_masks(env, nmap, signals, max_drop=0.015, names=("act_shift",))
+    assert [np.flatnonzero(m).tolist() for m in masks] == [[0], [0, 2], [0, 2, 3]]
+    assert sum(calls) == 5  # the start, then groups 0-3: group 4 is not looked at once the probe is gone
+    fewer = signal_walk_masks(env, nmap, signals, max_drop=0.015, names=("act_shift",), max_groups=2)
+    assert [np.flatnonzero(m).tolist() for m in fewer] == [[0]]

@@ -107,7 +107,8 @@ REPORT_SCHEMA = {
                                    "pruned": {"type": "integer"}}}}}},
         "rounds": {"type": "array", "items": {
             "type": "object", "required": ["round", "pruned_groups"],
-            "properties": {"chosen_from": {"enum": ["agent sample", "policy ranking", "signal mask", None],
+            "properties": {"chosen_from": {"enum": ["agent sample", "policy ranking", "signal mask", "signal walk",
+                                                    None],
                                            "description": "which candidate the round's decision took"}}}},
         "blend_probe": {"type": "object", "required": ["alpha", "success", "used"],
                         "description": "a whole-image pattern blended in at alpha towards the suspect; used as a "
