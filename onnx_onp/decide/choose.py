@@ -1,9 +1,11 @@
 """Stage 7: choose the final mask from the defense data alone (no poisoned data, no test labels).
 
 Candidates are every mask the agent scored plus the policy's ranking cut at growing sizes (the k most
-probable groups), plus the per-layer top groups by single signals that cut the backdoor probe most. The best candidates by training reward that kept clean accuracy within budget are
-re-scored on the held-out part of the defense data, and the best one that also keeps the budget there wins.
-If none does, nothing is pruned and the run says it could not sanitize within the budget.
+probable groups), plus the per-layer top groups by single signals that cut the backdoor probe most, plus the
+signal walk's masks (each ranking walked down, skipping costly groups). The best candidates by training reward
+that kept clean accuracy within budget are re-scored on the held-out part of the defense data, and the best one
+that also keeps the budget there wins. If none does, nothing is pruned and the run says it could not sanitize
+within the budget.
 """
 
 from __future__ import annotations
