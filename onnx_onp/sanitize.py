@@ -31,6 +31,7 @@ from .report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_SANITIZED,
 from .signals.features import compute_signals
 from .signals.amplification import AmplificationConfig
 from .signals.amplification import scan as scan_amplification
+from .signals.noise import noise_blend_probe
 from .signals.perturbation import PerturbationConfig, perturb_towards, scan
 from .signals.synthesis import SynthesisConfig, amplify, anomaly_indices, spatial_axes, synthesize, synthesize_blend
 from .signals.thresholds import for_classes
@@ -72,6 +73,11 @@ class SanitizeConfig:
     # it (run 15); 27.25% if it is not re-synthesized (benchmarks/probe_trace.py; BENCHMARKS.md).
     blend_probe_alpha: float | None = 0.05
     blend_probe_resynthesis: bool = True
+    # ... and clean images with random noise blended in at this alpha, each image its own pattern (None: not):
+    # a noise-blend backdoor answers to any noise of its strength, not only its own pattern. Nothing is
+    # optimised, so pruning cannot fool it. Used only where it reaches the suspect (BLEND_PROBE_MIN_SUCCESS),
+    # and kept at its share of the probes in every round (signals/noise.py).
+    noise_probe_alpha: float | None = 0.2
     # Torch threads for synthesis and signals; None: one for small models (interpreted op by op, more threads
     # mostly spin and wait), every core from LARGE_MODEL_PARAMETERS on (their convolutions are worth splitting).
     torch_threads: int | None = None
@@ -365,6 +371,19 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                                      "used": blend.success >= BLEND_PROBE_MIN_SUCCESS}
             if blend.success >= BLEND_PROBE_MIN_SUCCESS:
                 triggers.append(blend)
+        noise = None
+        if config.noise_probe_alpha is not None:
+            noise = noise_blend_probe(evaluator, train.x, train.y, target, layout, alpha=config.noise_probe_alpha,
+                                      seed=config.seed + 70)
+            used = noise.success >= BLEND_PROBE_MIN_SUCCESS
+            report["noise_probe"] = {"alpha": config.noise_probe_alpha, "success": round(noise.success, 3),
+                                     "used": used}
+            progress.note(f"noise probe (alpha {config.noise_probe_alpha}): sends {100 * noise.success:.1f}% of "
+                          f"other classes' images to class {target} ({'used' if used else 'not used'})")
+            if used:
+                triggers.append(noise)
+            else:
+                noise = None
         timer.lap("trigger_refinement")
         policy = None
         for round_index in range(config.rounds):
@@ -442,7 +461,8 @@ def _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, 
                           f"{'still found' if still_there else 'no longer found'}")
             if not still_there:
                 break
-            triggers.extend([again] + new_probes)
+            # The noise probe is not re-synthesized: added again, it keeps its share of the stamped images.
+            triggers.extend([again] + new_probes + ([noise] if noise is not None else []))
         if config.prune_back_tolerance is not None and mask.sum() > 1:
             progress.stage("giving back pruned groups the probe does not need")
             mask, report["pruned_back"] = _prune_back(evaluator, defense, triggers, target, axes, config, mask)

@@ -18,6 +18,7 @@ from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.mirror import TorchMirror
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.signals.features import SIGNALS, GroupSignals, compute_signals
+from onnx_onp.signals.noise import noise_blend_probe
 from onnx_onp.signals.perturbation import PerturbationConfig, perturb_towards
 from onnx_onp.signals.synthesis import (SynthesisConfig, TriggerCandidate, amplify, anomaly_indices, channel_range,
                                         synthesize, synthesize_blend)
@@ -240,6 +241,43 @@ def test_blend_probe_is_a_whole_image_blend_at_a_fixed_alpha(tiny):
     np.testing.assert_allclose(stamped, 0.95 * others + 0.05 * blend.pattern, atol=1e-5)
     share = float((MaskedEvaluator(lm, nmap, provider="cpu").logits(stamped).argmax(1) == 0).mean())
     assert abs(share - blend.success) <= 1 / len(others) + 1e-9
+
+
+def test_noise_probe_blends_each_image_with_its_own_noise(tiny):
+    """(1 - alpha)·x + alpha·u with u uniform in the data's range, a fresh u per image, the same for the same seed;
+    its success is the share of other classes' images onnxruntime sends to the target."""
+    spec, lm, nmap, defense = tiny
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    probe = noise_blend_probe(evaluator, defense.x, defense.y, 0, "NCHW", alpha=0.2, seed=5)
+    others = defense.x[defense.y != 0][:256]
+    stamped = probe.apply(others)
+    assert np.array_equal(stamped, noise_blend_probe(evaluator, defense.x, defense.y, 0, "NCHW", alpha=0.2,
+                                                     seed=5).apply(others))
+    assert not np.array_equal(stamped, noise_blend_probe(evaluator, defense.x, defense.y, 0, "NCHW", alpha=0.2,
+                                                         seed=6).apply(others))
+    noise = (stamped - 0.8 * others) / 0.2
+    low, high = channel_range(defense.x, "NCHW")
+    assert np.all(noise >= low - 1e-4) and np.all(noise <= high + 1e-4)
+    assert not np.allclose(noise[0], noise[1])  # each image its own pattern
+    assert probe.probe(others)[1] is None
+    share = float((evaluator.logits(stamped).argmax(1) == 0).mean())
+    assert probe.success == pytest.approx(share)
+
+
+def test_noise_probe_finds_the_noise_blend_backdoor_and_not_a_clean_model():
+    """The Blended fixture was poisoned with one random pattern at alpha 0.2; fresh noise at that strength sends
+    other classes' images to its target, and does not on the clean twin or the BadNets model."""
+    train = load_dataset(need(DATA / "cifar10_train.npz")).take(300, seed=0)
+    shares = {}
+    for name in ("resnet18_blended_cifar10", "resnet18_clean_cifar10", "resnet18_badnets_cifar10"):
+        case = FIXTURES / "models" / name
+        spec = Spec.load(case.with_suffix(".json"))
+        lm = load_model(case.with_suffix(".onnx"))
+        data = prepare(lm, train, spec.preprocess)
+        evaluator = MaskedEvaluator(lm, build_neuron_map(lm), provider="cpu")
+        shares[name] = noise_blend_probe(evaluator, data.x, data.y, 0, "NCHW", alpha=0.2, seed=0).success
+    assert shares["resnet18_blended_cifar10"] >= 0.9, shares
+    assert shares["resnet18_clean_cifar10"] <= 0.1 and shares["resnet18_badnets_cifar10"] <= 0.1, shares
 
 
 def test_neuron_perturbation_finds_the_warping_backdoor():
