@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.9"
+SCHEMA_VERSION = "1.10"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -113,6 +113,10 @@ REPORT_SCHEMA = {
         "blend_probe": {"type": "object", "required": ["alpha", "success", "used"],
                         "description": "a whole-image pattern blended in at alpha towards the suspect; used as a "
                                        "probe only when it sends enough other classes' images there",
+                        "properties": {"alpha": _number, "success": _share, "used": {"type": "boolean"}}},
+        "noise_probe": {"type": "object", "required": ["alpha", "success", "used"],
+                        "description": "clean images blended with random noise at alpha, each its own pattern; used "
+                                       "as a probe only when it sends enough other classes' images to the suspect",
                         "properties": {"alpha": _number, "success": _share, "used": {"type": "boolean"}}},
         "pruned_back": {"type": "object", "required": ["restored", "probe_asr", "defense_ca"],
                         "description": "groups the rounds pruned and the prune-back gave back, in that order",
