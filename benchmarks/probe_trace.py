@@ -79,7 +79,8 @@ def main(argv=None):
     result = {"case": case.name, "overrides": overrides, "test_images": len(test_raw), "before": real(None),
               "final": real(mask), "pruned_groups": int(mask.sum()),
               "seconds": round(time.perf_counter() - start, 1), "trace": trace,
-              "blend_probe": report.get("blend_probe"), "rounds": report.get("rounds")}
+              "blend_probe": report.get("blend_probe"), "noise_probe": report.get("noise_probe"),
+              "rounds": report.get("rounds")}
     print(json.dumps({k: result[k] for k in ("case", "overrides", "before", "final", "pruned_groups", "seconds")}))
     with open(args.out, "w") as handle:
         json.dump(result, handle, indent=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.sanitize import LARGE_MODEL_PARAMETERS, SanitizeConfig, _parameters, _split, large_model_schedule
 from onnx_onp.signals.features import compute_signals
-from onnx_onp.signals.synthesis import amplify, spatial_axes, synthesize
+from onnx_onp.signals.synthesis import amplify, spatial_axes, synthesize, synthesize_blend
 
 
 def main(argv=None):
@@ -35,6 +36,9 @@ def main(argv=None):
     parser.add_argument("--signals", default="act_shift,blc,lipschitz")
     parser.add_argument("--sizes", default="2,4,8,12,16,24,32")
     parser.add_argument("--test-limit", type=int, default=2000, help="seeded test images (default 2000)")
+    parser.add_argument("--blend", action="store_true",
+                        help="stamp a third of the images with the blend probe too, as sanitize's reward does when "
+                             "the probe reaches the suspect (SanitizeConfig.blend_probe_alpha)")
     args = parser.parse_args(argv)
     ((case, spec, lm, defense, mirror),) = list(probe_inputs(args.case))
     start = time.perf_counter()
@@ -51,8 +55,13 @@ def main(argv=None):
     trigger = synthesize(mirror, train.x, train.y, lm.num_classes, layout, config.synthesis,
                          classes=[spec.target]).candidates[0]
     others = train.x[train.y != spec.target]
-    stamped = np.concatenate([trigger.apply(others[::2], axes),
-                              amplify(trigger, train.x, layout).apply(others[1::2], axes)])
+    probes = [trigger, amplify(trigger, train.x, layout)]
+    if args.blend:
+        probes.append(synthesize_blend(mirror, train.x, train.y, spec.target, layout,
+                                       alpha=config.blend_probe_alpha,
+                                       config=replace(config.synthesis, steps=config.refine_steps,
+                                                      seed=config.seed + 50)))
+    stamped = np.concatenate([p.apply(others[k::len(probes)], axes) for k, p in enumerate(probes)])
     signals = compute_signals(lm, nmap, mirror, train.x, train.y, stamped, spec.target)
     probe_y = np.full(len(stamped), spec.target)
 
