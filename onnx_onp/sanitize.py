@@ -91,6 +91,7 @@ class SanitizeConfig:
     # with the model, the 5-minute target does not); False keeps the settings as given.
     scale_to_model: bool = True
     rounds: int = 6  # prune, re-synthesize against the pruned model, prune more while it is still found
+    large_model_rounds: int = 2  # ... at most this many under large_model_schedule (each costs minutes there)
     # A synthesized trigger is a backdoor's only when its mask is smaller than this share of the other classes'
     # median: for the verdict (with the anomaly index) and for "still found" after a round. The index alone is a
     # z-score, large whenever the clean classes' masks are close together: clean ResNet-18 seed 3 reached 2.46
@@ -236,7 +237,7 @@ def large_model_schedule(config: SanitizeConfig) -> SanitizeConfig:
     scan of 200 evenly spaced groups on 50 images (all 1440 on 100 would take ~15 minutes)."""
     return replace(config, synthesis=replace(config.synthesis, batch_size=16), refine_triggers=1,
                    refine_steps=150, max_stamped=150, max_clean=200, initial_prune_groups=8.0,
-                   extra_shortlist=12, rounds=min(config.rounds, 2),
+                   extra_shortlist=12, rounds=min(config.rounds, config.large_model_rounds),
                    train=replace(config.train, settled_patience=3),
                    amplification=replace(config.amplification, images=50, max_groups=200))
 

@@ -172,6 +172,8 @@ def test_large_models_get_the_lighter_schedule():
     assert large.amplification.max_groups * large.amplification.images < (
         given.amplification.max_groups * given.amplification.images)
     assert given.max_clean is None and given.train.settled_patience is None  # the given config is untouched
+    assert large_model_schedule(SanitizeConfig(rounds=6, large_model_rounds=4)).rounds == 4
+    assert large_model_schedule(SanitizeConfig(rounds=1, large_model_rounds=4)).rounds == 1
 
 
 def test_sanitize_end_to_end_removes_the_backdoor(tiny_sanitized):
