@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -25,7 +24,8 @@ from onnx_onp.decide.choose import layer_zscores
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.neuron_map import build_neuron_map
-from onnx_onp.sanitize import LARGE_MODEL_PARAMETERS, SanitizeConfig, _parameters, _split, large_model_schedule
+from onnx_onp.sanitize import (LARGE_MODEL_PARAMETERS, SanitizeConfig, _parameters, _refinement, _split,
+                               large_model_schedule)
 from onnx_onp.signals.features import compute_signals
 from onnx_onp.signals.synthesis import amplify, spatial_axes, synthesize, synthesize_blend
 
@@ -58,9 +58,7 @@ def main(argv=None):
     probes = [trigger, amplify(trigger, train.x, layout)]
     if args.blend:
         probes.append(synthesize_blend(mirror, train.x, train.y, spec.target, layout,
-                                       alpha=config.blend_probe_alpha,
-                                       config=replace(config.synthesis, steps=config.refine_steps,
-                                                      seed=config.seed + 50)))
+                                       alpha=config.blend_probe_alpha, config=_refinement(config, config.seed + 50)))
     stamped = np.concatenate([p.apply(others[k::len(probes)], axes) for k, p in enumerate(probes)])
     signals = compute_signals(lm, nmap, mirror, train.x, train.y, stamped, spec.target)
     probe_y = np.full(len(stamped), spec.target)
