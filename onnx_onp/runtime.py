@@ -20,7 +20,7 @@ def available_providers() -> list[str]:
 
 
 def make_session(model: onnx.ModelProto | bytes, provider: str = "auto", *, what: str = "model",
-                 threads: int | None = None) -> tuple[ort.InferenceSession, str]:
+                 threads: int | None = None, arena: bool = True) -> tuple[ort.InferenceSession, str]:
     """Build a session; return it with the name of the provider that really runs the graph.
 
     provider: "auto" (CUDA when it really loads, else CPU), "cpu" or "cuda" (CUDA requested: falls back to
@@ -35,6 +35,8 @@ def make_session(model: onnx.ModelProto | bytes, provider: str = "auto", *, what
     options.log_severity_level = 3  # onnxruntime's warnings would drown the one-line errors
     if threads:
         options.intra_op_num_threads = threads
+    if not arena:  # many sessions at once: each arena would keep its largest batch's activations for good
+        options.enable_cpu_mem_arena = False
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=wanted)

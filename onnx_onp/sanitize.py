@@ -114,6 +114,12 @@ class SanitizeConfig:
     # Candidates grown down the activation-shift and BLC rankings, skipping costly groups (decide/choose.py
     # signal_walk_masks): groups looked at per signal and round (None: no walk).
     signal_walk: int | None = 48
+    # Score masks resuming part-way through the network from cached tensors where an earlier run under the same
+    # mask entries left them (instrument/resume.py): the same masks, fewer layers run. None: where onnxruntime runs
+    # on the CPU (on a GPU the cut tensors would cross to the host and back every run: not measured); False: every
+    # run from the input. The cache is bounded at resume_cache_bytes.
+    resume_evaluation: bool | None = None
+    resume_cache_bytes: int = 1 << 30
     seed: int = 0
     provider: str = "auto"
     shrink: bool = False
@@ -218,12 +224,20 @@ def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
     if scaled:
         config = large_model_schedule(config)
     torch.set_num_threads(wanted)
+    wanted_resume = evaluator.provider.startswith("CPU") if config.resume_evaluation is None \
+        else config.resume_evaluation
+    resuming = bool(wanted_resume and len(defense)) and evaluator.enable_resume(config.resume_cache_bytes, defense.x)
     try:
         mask, report = _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, timer)
         report["schedule"] = "large model" if scaled else "standard"
+        if resuming:
+            report["resume"] = {"levels": len(evaluator.resume.levels), "runs_resumed": evaluator.resume.resumed,
+                                "runs_from_input": evaluator.resume.full}
         return mask, report
     finally:
         torch.set_num_threads(threads)
+        if resuming:
+            evaluator.disable_resume()
 
 
 LARGE_MODEL_PARAMETERS = 1_000_000
@@ -565,10 +579,11 @@ def _prune_back(evaluator, defense: Prepared, triggers, target, axes, config: Sa
         pruned = np.flatnonzero(mask)
         candidates = np.repeat(mask[None], len(pruned), axis=0)
         candidates[np.arange(len(pruned)), pruned] = False
-        outcomes = env.score(candidates)
         # 0 images: any group the probe can spare, whatever its return gives back (the rule before 1.8).
         min_gain = (config.prune_back_min_images - 0.5) / max(1, len(env.clean_y)) if config.prune_back_min_images \
             else -np.inf
+        # A return that gives back too little is not allowed whatever the probe says: not run on the probe.
+        outcomes = env.score(candidates, max_drop=env.ca0 - current.ca - min_gain)
         allowed = [i for i in range(len(pruned)) if outcomes[i].asr <= start.asr + config.prune_back_tolerance
                    and outcomes[i].ca - current.ca >= min_gain]
         if not allowed:

@@ -360,12 +360,21 @@ def test_prune_back_returns_the_groups_the_probe_does_not_need(monkeypatch):
     from onnx_onp import sanitize as sanitize_module
     from onnx_onp.agent.reinforce import Outcome
 
+    probed = []
+
     class Env:
         clean_y = np.zeros(100)
+        ca0 = 0.9
 
-        def score(self, masks):
-            return [Outcome(ca=0.8 - 0.01 * m[2] - 0.03 * m[3], asr=0.1 + 0.5 * (not m[0]) + 0.4 * (not m[1]),
-                            pruned=int(m.sum()), reward=0.0) for m in masks]
+        def score(self, masks, max_drop=None):
+            out = []
+            for m in masks:
+                ca = 0.8 - 0.01 * m[2] - 0.03 * m[3]
+                run = max_drop is None or self.ca0 - ca <= max_drop
+                probed.append(run)
+                out.append(Outcome(ca=ca, asr=0.1 + 0.5 * (not m[0]) + 0.4 * (not m[1]) if run else 1.0,
+                                   pruned=int(m.sum()), reward=0.0, probed=run))
+            return out
 
     monkeypatch.setattr(sanitize_module, "_env", lambda *args, **kwargs: Env())
     nmap = SimpleNamespace(label=lambda n: f"layer:{n}", groups=[SimpleNamespace(neurons=[g]) for g in range(5)])
@@ -375,6 +384,8 @@ def test_prune_back_returns_the_groups_the_probe_does_not_need(monkeypatch):
     assert kept.tolist() == [True, True, False, False, True]
     assert detail["restored"] == ["layer:3", "layer:2"] and detail["probe_asr"] == {"before": 0.1, "after": 0.1}
     assert detail["defense_ca"]["after"] == pytest.approx(0.8)
+    # Returns that give back no clean accuracy (groups 0, 1, 4 each step) are never run on the probe.
+    assert probed.count(True) == 1 + 2 + 1 + 0  # the start; returns of 3 and 2; of 2; none
 
 
 def test_detector_thresholds_rise_with_the_number_of_classes():
@@ -481,7 +492,7 @@ def test_the_decision_says_which_candidate_won():
 
     def env():
         return SimpleNamespace(base_mask=np.zeros(4, bool), ca0=0.8, clean_y=np.zeros(100),
-                               score=lambda masks: [outcome(np.asarray(m)) for m in masks])
+                               score=lambda masks, max_drop=None: [outcome(np.asarray(m)) for m in masks])
 
     probabilities = np.array([0.9, 0.5, 0.1, 0.2])  # the policy ranks group 2 last
     prunable = np.ones(4, bool)
@@ -538,14 +549,24 @@ def test_signal_walk_skips_the_costly_group_and_stops_once_the_probe_is_gone():
         ca = 0.8 - 0.05 * m[1] - 0.001 * m.sum()
         return Outcome(ca=ca, asr=asr, pruned=int(m.sum()), reward=0.0)
 
-    calls = []
-    env = SimpleNamespace(base_mask=np.zeros(6, bool), ca0=0.8,
-                          score=lambda masks: calls.append(len(masks)) or [outcome(np.asarray(m)) for m in masks])
+    calls, probed = [], []
+
+    def score(masks, max_drop=None):
+        calls.append(len(masks))
+        out = [outcome(np.asarray(m)) for m in masks]
+        for o in out:  # as RewardEnv.score: over max_drop, the probe is not run
+            o.probed = max_drop is None or 0.8 - o.ca <= max_drop
+            o.asr = o.asr if o.probed else 1.0
+            probed.append(o.probed)
+        return out
+
+    env = SimpleNamespace(base_mask=np.zeros(6, bool), ca0=0.8, score=score)
     nmap = SimpleNamespace(layers=["conv"], layer_groups=lambda layer: np.arange(6), prunable=np.ones(6, bool),
                            num_groups=6)
     signals = {"act_shift": np.array([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])}
     masks = signal_walk_masks(env, nmap, signals, max_drop=0.015, names=("act_shift",))
     assert [np.flatnonzero(m).tolist() for m in masks] == [[0], [0, 2], [0, 2, 3]]
     assert sum(calls) == 5  # the start, then groups 0-3: group 4 is not looked at once the probe is gone
+    assert probed == [True, True, False, True, True]  # group 1's trial costs too much: not run on the probe
     fewer = signal_walk_masks(env, nmap, signals, max_drop=0.015, names=("act_shift",), max_groups=2)
     assert [np.flatnonzero(m).tolist() for m in fewer] == [[0]]

@@ -40,7 +40,7 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     result, paths = tiny_sanitized
     report = json.loads(paths["json"].read_text())
     validate_report(report)
-    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.10"}
+    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.11"}
     assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
     assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0
     assert report["model"]["sha256"] == hashlib.sha256(TINY.with_suffix(".onnx").read_bytes()).hexdigest()

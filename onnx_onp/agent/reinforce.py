@@ -36,6 +36,7 @@ class Outcome:
     pruned: int
     reward: float
     clean_loss: float = 0.0
+    probed: bool = True  # False: the probe was not run (over the caller's clean-accuracy limit); asr is then 1
 
 
 class RewardEnv:
@@ -73,16 +74,26 @@ class RewardEnv:
         scores = self.evaluator.score_many(self.stamped_x[:limit], self.stamped_y[:limit], masks, multipliers)
         return np.array([s.accuracy for s in scores])
 
-    def score(self, masks: np.ndarray) -> list[Outcome]:
+    def score(self, masks: np.ndarray, max_drop: float | None = None) -> list[Outcome]:
+        """Clean accuracy and probe ASR of each mask. With ``max_drop``, a mask whose clean accuracy falls more
+        than that below the unpruned model's is not run on the probe (its ``asr`` is 1, ``probed`` False): for
+        callers that reject such masks whatever their ASR, the decision is the same and the probe's runs are saved.
+        """
         masks = np.asarray(masks, dtype=bool) | self.base_mask
         clean = self.evaluator.score_many(self.clean_x, self.clean_y, masks)
-        stamped = self.evaluator.score_many(self.stamped_x, self.stamped_y, masks, self.stamped_multipliers)
+        probed = np.ones(len(masks), dtype=bool)
+        if max_drop is not None:
+            probed = np.array([self.ca0 - c.accuracy <= max_drop for c in clean], dtype=bool)
+        asr = np.ones(len(masks))
+        if probed.any():
+            stamped = self.evaluator.score_many(self.stamped_x, self.stamped_y, masks[probed], self.stamped_multipliers)
+            asr[probed] = [s.accuracy for s in stamped]
         self.evaluations += len(masks)
         outcomes = []
-        for mask, c, s in zip(masks, clean, stamped):
+        for mask, c, a, p in zip(masks, clean, asr, probed):
             pruned = int(mask.sum())
-            outcomes.append(Outcome(ca=c.accuracy, asr=s.accuracy, pruned=pruned, clean_loss=c.loss,
-                                    reward=self.reward(c.accuracy, s.accuracy, pruned, c.loss)))
+            outcomes.append(Outcome(ca=c.accuracy, asr=float(a), pruned=pruned, clean_loss=c.loss,
+                                    reward=self.reward(c.accuracy, float(a), pruned, c.loss), probed=bool(p)))
         return outcomes
 
 

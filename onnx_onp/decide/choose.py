@@ -121,7 +121,7 @@ def signal_walk_masks(env: RewardEnv, nmap, signals, *, max_drop: float, names=(
                 continue
             trial = mask.copy()
             trial[group] = True
-            outcome = env.score(trial[None])[0]
+            outcome = env.score(trial[None], max_drop=max_drop)[0]  # over max_drop: rejected, probe not run
             if env.ca0 - outcome.ca > max_drop or outcome.asr > current.asr:
                 continue
             mask, current, joined = trial, outcome, joined + 1
@@ -152,7 +152,8 @@ def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[
         ranked = np.concatenate([ranked, extra])
         sources += ["signal mask"] * len(extra)
     pool = [(m | train_env.base_mask, o, "agent sample") for m, o in tried] + [
-        (m | train_env.base_mask, o, source) for m, o, source in zip(ranked, train_env.score(ranked), sources)]
+        (m | train_env.base_mask, o, source)
+        for m, o, source in zip(ranked, train_env.score(ranked, max_drop=max_ca_drop), sources)]
     seen, shortlisted, walks = set(), [], 0
     # Sorted by reward alone (stable): of equal masks, an agent sample comes first. The walk's masks are fitted
     # to the training part's clean accuracy, so they top its reward: they get walk_shortlist places of their own
@@ -172,7 +173,7 @@ def choose_mask(train_env: RewardEnv, holdout_env: RewardEnv, tried: list[tuple[
     if not shortlisted:
         return Decision(mask=train_env.base_mask.copy(), train=None, holdout=None, candidates_checked=0,
                         within_budget=False)
-    held = holdout_env.score(np.array([m for m, _, _ in shortlisted]))
+    held = holdout_env.score(np.array([m for m, _, _ in shortlisted]), max_drop=max_ca_drop)
     n_train, n_hold = len(train_env.clean_y), len(holdout_env.clean_y)
     best = None
     for (mask, train_outcome, source), hold in zip(shortlisted, held):

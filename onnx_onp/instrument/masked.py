@@ -19,8 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..load.loader import LoadedModel
 from ..neuron_map import NeuronMap
 from ..runtime import make_session
-
-MASK_INPUT = "onp_mask"
+from .resume import MASK_INPUT, ResumeCache
 
 
 def instrument(lm: LoadedModel, nmap: NeuronMap, extra_outputs: list[str] = ()) -> onnx.ModelProto:
@@ -116,10 +115,42 @@ class MaskedEvaluator:
         self.extra_outputs = list(extra_outputs)
         self.model = instrument(lm, nmap, self.extra_outputs)
         self.session, self.provider = make_session(self.model, provider, what=str(lm.path or "model"))
+        self.provider_choice = provider
         self.output_names = [lm.output_name] + [masked_name(nmap, t) for t in self.extra_outputs]
         self.batch_size = lm.batch_fixed or batch_size
-        self.seconds_in_runtime = 0.0
+        self._seconds_full = 0.0  # in the instrumented session
+        self._seconds_resumed_before = 0.0  # in resume caches already dropped
         self.runs = 0
+        self.resume = None  # a ResumeCache while enable_resume() is in effect
+
+    @property
+    def seconds_in_runtime(self) -> float:
+        return self._seconds_full + (self.resume.seconds_in_runtime if self.resume is not None else 0.0) + \
+            self._seconds_resumed_before
+
+    def enable_resume(self, max_bytes: int, probe_input: np.ndarray) -> bool:
+        """From now on, score masks resuming part-way through the network where an earlier run under the same
+        mask entries left its cut tensors (instrument/resume.py). False where the model cannot (a fixed batch
+        size, subgraphs, no level with a per-image cut) or resume is already on (whoever turned it on turns it off).
+        """
+        if self.lm.batch_fixed or self.resume is not None:
+            return False
+        cache = ResumeCache(self.model, self.nmap, self.lm.output_name, self.provider_choice, max_bytes=max_bytes,
+                            probe_input=np.ascontiguousarray(probe_input[:1], dtype=self.lm.input_dtype),
+                            input_name=self.lm.input_name, batch_size=self.batch_size)
+        if not cache.levels:
+            return False
+        self.resume = cache
+        return True
+
+    def disable_resume(self) -> dict | None:
+        """Drop the cached tensors and sessions; return what they did (None if resume was off)."""
+        if self.resume is None:
+            return None
+        cache, self.resume = self.resume, None
+        self._seconds_resumed_before += cache.seconds_in_runtime
+        return {"levels": len(cache.levels), "runs_resumed": cache.resumed, "runs_from_input": cache.full,
+                "seconds_in_runtime": round(cache.seconds_in_runtime, 2)}
 
     def _keep(self, mask, rows: int, multipliers=None) -> np.ndarray:
         mask = np.asarray(mask)
@@ -139,7 +170,7 @@ class MaskedEvaluator:
                  MASK_INPUT: self._keep(mask, x.shape[0], multipliers)}
         start = time.perf_counter()
         outputs = self.session.run(self.output_names if with_extras else [self.lm.output_name], feeds)
-        self.seconds_in_runtime += time.perf_counter() - start
+        self._seconds_full += time.perf_counter() - start
         self.runs += 1
         outputs[0] = outputs[0].reshape(outputs[0].shape[0], -1)  # [N, K, 1, 1] class maps count as [N, K]
         return outputs if with_extras else outputs[0]
@@ -173,6 +204,17 @@ class MaskedEvaluator:
         for mask in masks:
             self.nmap.check_mask(mask)
         n = len(x)
+        if self.resume is not None and n:
+            data = self.resume.data_key(x, multipliers)
+            x = np.ascontiguousarray(x, dtype=self.lm.input_dtype)
+            results = []
+            for mask in masks:
+                start = time.perf_counter()
+                out = self.resume.logits(x, mask, self._keep(mask, n, multipliers), data)
+                out = out.reshape(out.shape[0], -1)
+                self.runs += 1
+                results.append(self._scores(out, y, time.perf_counter() - start))
+            return results
         if self.lm.batch_fixed or n >= self.batch_size:
             return [self.score(x, y, m, multipliers) for m in masks]
         per_run = max(1, self.batch_size // max(n, 1))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.10"
+SCHEMA_VERSION = "1.11"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -118,6 +118,12 @@ REPORT_SCHEMA = {
                         "description": "clean images blended with random noise at alpha, each its own pattern; used "
                                        "as a probe only when it sends enough other classes' images to the suspect",
                         "properties": {"alpha": _number, "success": _share, "used": {"type": "boolean"}}},
+        "resume": {"type": "object", "required": ["levels", "runs_resumed", "runs_from_input"],
+                   "description": "masked runs resumed part-way through the network from cached tensors (same "
+                                  "outputs, fewer layers run), and those run from the input",
+                   "properties": {"levels": {"type": "integer", "minimum": 0},
+                                  "runs_resumed": {"type": "integer", "minimum": 0},
+                                  "runs_from_input": {"type": "integer", "minimum": 0}}},
         "pruned_back": {"type": "object", "required": ["restored", "probe_asr", "defense_ca"],
                         "description": "groups the rounds pruned and the prune-back gave back, in that order",
                         "properties": {"restored": {"type": "array", "items": {"type": "string"}},
