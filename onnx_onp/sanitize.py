@@ -106,6 +106,7 @@ class SanitizeConfig:
     # accuracy stays pruned, as a margin against the real trigger, which the probe only approximates. Measured on
     # sashank's model (benchmarks: run 15): giving back 6 groups for 2 images of 500 raised its real ASR 7.9 -> 10.8%.
     prune_back_min_images: int = 1
+    prune_back_max_clean: int | None = None  # clean defense images the prune-back scores on (None: all of them)
     # Rounds after the first compute the signals (and rank the signal masks) on the model as pruned so far, the
     # earlier rounds' groups left out; False: on the unpruned model, whose top groups the base mask already holds.
     # Measured on the Blended ResNet-18 (benchmarks/probe_trace.py): 58.95% real ASR after the prune-back with it,
@@ -245,14 +246,16 @@ LARGE_MODEL_PARAMETERS = 1_000_000
 
 def large_model_schedule(config: SanitizeConfig) -> SanitizeConfig:
     """The settings for a model from LARGE_MODEL_PARAMETERS on: where each forward pass costs ~10x a width-8
-    ResNet-18's, the same search would take 15-20 minutes. Smaller synthesis batches, one refined trigger,
-    fewer images per reward, a shorter decision and one re-check round; a policy that starts at a handful
-    of groups, not 2% of them (2% of 1440 groups already costs most of the clean accuracy); and an amplification
-    scan of 200 evenly spaced groups on 50 images (all 1440 on 100 would take ~15 minutes)."""
+    ResNet-18's, the same search would take 15-20 minutes. Smaller synthesis batches, one refined trigger of 100
+    steps, fewer images per reward, 8 agent steps per round, a shorter decision and one re-check round, a
+    prune-back on 250 clean images; a policy that starts at a handful of groups, not 2% of them (2% of 1440 groups
+    already costs most of the clean accuracy); and an amplification scan of 200 evenly spaced groups on 50 images
+    (all 1440 on 100 would take ~15 minutes). Measured on the width-32 ResNet-18 (BENCHMARKS.md, run 23): 268 s,
+    against 321 s with 150-step refinement, 15 agent steps and the prune-back on all 500 (run 22)."""
     return replace(config, synthesis=replace(config.synthesis, batch_size=16), refine_triggers=1,
-                   refine_steps=150, max_stamped=150, max_clean=200, initial_prune_groups=8.0,
+                   refine_steps=100, max_stamped=150, max_clean=200, initial_prune_groups=8.0,
                    extra_shortlist=12, rounds=min(config.rounds, config.large_model_rounds),
-                   train=replace(config.train, settled_patience=3),
+                   prune_back_max_clean=250, train=replace(config.train, steps=8, settled_patience=3),
                    amplification=replace(config.amplification, images=50, max_groups=200))
 
 
@@ -572,7 +575,7 @@ def _prune_back(evaluator, defense: Prepared, triggers, target, axes, config: Sa
     accuracy (at least ``prune_back_min_images`` images) while the probe's ASR stays within
     ``prune_back_tolerance`` of the mask it started from (all probes, all defense images)."""
     env = _env(evaluator, defense, triggers, target, axes, config.reward, max_stamped=2 * config.max_stamped,
-               seed=config.seed)
+               seed=config.seed, max_clean=config.prune_back_max_clean)
     start = env.score(mask[None])[0]
     restored, current = [], start
     while mask.sum() > 1:

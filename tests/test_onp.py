@@ -171,6 +171,8 @@ def test_large_models_get_the_lighter_schedule():
     assert large.synthesis.batch_size < given.synthesis.batch_size and large.refine_triggers < given.refine_triggers
     assert large.amplification.max_groups * large.amplification.images < (
         given.amplification.max_groups * given.amplification.images)
+    assert large.train.steps < given.train.steps and large.refine_steps < given.refine_steps
+    assert large.prune_back_max_clean and given.prune_back_max_clean is None
     assert given.max_clean is None and given.train.settled_patience is None  # the given config is untouched
     assert large_model_schedule(SanitizeConfig(rounds=6, large_model_rounds=4)).rounds == 4
     assert large_model_schedule(SanitizeConfig(rounds=1, large_model_rounds=4)).rounds == 1
