@@ -8,6 +8,10 @@ the CIFAR-10 training split, and times, in one run and on one provider:
   masked-0   the instrumented model with nothing pruned
   masked-r   the instrumented model with a random 20% of the prunable groups pruned
   many-r     ten random masks scored with score_many (per mask)
+  resumed-L  with resume on (instrument/resume.py), a mask that adds one group of layer L to a mask already
+             scored (as the signal walk and the prune-back do): the run resumes at that group's site (per mask,
+             a different group each time, so no run finds its own cut tensors)
+  walk-r     with resume on, a walk over 20 random groups, each trial the accepted mask plus one (per mask)
 Each line reports the median over --repeats and the ratio to plain. The two outputs are also compared
 (masked-0 must equal plain).
 """
@@ -91,12 +95,46 @@ def main(argv=None):
         "masked-r": _median_seconds(lambda: evaluator.logits(x, masks[0]), args.repeats),
         "many-r": _median_seconds(lambda: evaluator.score_many(x, y, masks), args.repeats) / len(masks),
     }
+    resumed = MaskedEvaluator(lm, nmap, provider=args.provider, batch_size=args.batch_size)
+    resumed.enable_resume(1 << 30, x)
+    resumed.score_many(x, y, masks[:1])  # the mask the trials add to, and the sessions built
+    resume_diff = 0.0
+    for stage in ("layer2", "layer3", "layer4"):
+        own = [g for g in prunable if not masks[0][g] and nmap.label(nmap.groups[g].neurons[0]).startswith(f"/{stage}/")]
+        picks = iter(rng.permutation(own))
+
+        def trial():
+            mask = masks[0].copy()
+            mask[next(picks)] = True
+            return mask
+
+        warm = trial()
+        resumed.score_many(x, y, warm[None])
+        rows[f"resumed-{stage}"] = _median_seconds(lambda: resumed.score_many(x, y, trial()[None]), args.repeats)
+        check = trial()
+        resume_diff = max(resume_diff, float(np.abs(resumed.resume.logits(x, check, resumed._keep(check, len(x)),
+                                                                            resumed.resume.data_key(x, None))
+                                                     - evaluator.logits(x, check)).max()))
+    walk = rng.permutation(prunable)[:20]
+
+    def run_walk():
+        mask = nmap.empty_mask()
+        for k, group in enumerate(walk):
+            trial = mask.copy()
+            trial[group] = True
+            resumed.score_many(x, y, trial[None])
+            if k % 2 == 0:
+                mask = trial
+
+    resumed.disable_resume()
+    resumed.enable_resume(1 << 30, x)  # the walk starts with an empty cache
+    rows["walk-r"] = _median_seconds(run_walk, 1) / len(walk)
     result = {
         "model": f"ResNet-18 width {args.width}", "images": len(x), "batch_size": args.batch_size,
         "groups": nmap.num_groups, "prunable_groups": int(nmap.prunable.sum()),
         "mask_sites": len(nmap.mask_sites), "provider": evaluator.provider, "plain_provider": plain_provider,
         "map_seconds": round(map_seconds, 3), "instrument_seconds": round(instrument_seconds, 3),
-        "max_abs_diff_unmasked_vs_plain": diff, "machine": f"{platform.processor() or platform.machine()}, "
+        "max_abs_diff_unmasked_vs_plain": diff, "max_abs_diff_resumed_vs_masked": resume_diff, "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads",
         "seconds": {k: round(v, 4) for k, v in rows.items()},
         "ratio_to_plain": {k: round(v / rows["plain"], 3) for k, v in rows.items()},
@@ -104,7 +142,7 @@ def main(argv=None):
     print(f"{result['model']}, {len(x)} images, batch {args.batch_size}, provider {evaluator.provider} "
           f"(plain: {plain_provider}); {nmap.num_groups} groups, {len(nmap.mask_sites)} mask sites")
     print(f"neuron map {map_seconds:.2f} s, instrumented session {instrument_seconds:.2f} s; "
-          f"max |masked-0 - plain| = {diff:.2e}")
+          f"max |masked-0 - plain| = {diff:.2e}; max |resumed - masked| = {resume_diff:.2e}")
     print("| run | seconds per pass over the data | ratio to plain |")
     print("|---|---|---|")
     for name, seconds in rows.items():
