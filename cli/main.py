@@ -403,6 +403,9 @@ onp_options = [
     click.option("--agent", "algorithm", type=click.Choice(["reinforce", "ppo"]), default="reinforce",
                  show_default=True, help="How the policy learns from the rewards."),
     click.option("--force", is_flag=True, help="Prune even when trigger synthesis finds no backdoor evidence."),
+    click.option("--resume/--no-resume", "resume", default=None,
+                 help="Start masked runs part-way through the network from cached tensors: the same results, "
+                      "faster, up to about 1 GiB more memory. Default: on with the CPU provider."),
     click.option("--report", "report_path", type=click.Path(dir_okay=False),
                  help="Write the JSON report here (schema: README, 'The report')."),
     click.option("--poisoned-data", type=click.Path(), help="Triggered test images (true labels) for ASR before/after."),
@@ -455,7 +458,8 @@ def audit(model, html_path, fail_on, detect_only, **options):
 
 
 def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only, data_path, max_ca_drop, steps,
-             masks_per_step, rounds, prune_back, gnn, algorithm, force, report_path, poisoned_data, target, test_data, quiet,
+             masks_per_step, rounds, prune_back, gnn, algorithm, force, resume, report_path, poisoned_data, target,
+             test_data, quiet,
              preprocess_path, spec_path, limit, seed, provider, as_json):
     from dataclasses import replace
 
@@ -476,7 +480,7 @@ def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only,
     dataset = _dataset(data_path, limit or 500, seed)
     base = SanitizeConfig()
     config = replace(base, max_ca_drop=max_ca_drop / 100, seed=seed, provider=provider, shrink=shrink, gnn=gnn,
-                     force=force, rounds=rounds, prune=not detect_only,
+                     force=force, rounds=rounds, prune=not detect_only, resume_evaluation=resume,
                      prune_back_tolerance=base.prune_back_tolerance if prune_back else None,
                      reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
                      train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed, algorithm=algorithm))

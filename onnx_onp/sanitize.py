@@ -247,7 +247,7 @@ LARGE_MODEL_PARAMETERS = 1_000_000
 def large_model_schedule(config: SanitizeConfig) -> SanitizeConfig:
     """The settings for a model from LARGE_MODEL_PARAMETERS on: where each forward pass costs ~10x a width-8
     ResNet-18's, the same search would take 15-20 minutes. Smaller synthesis batches, one refined trigger of 100
-    steps, fewer images per reward, 8 agent steps per round, a shorter decision and one re-check round, a
+    steps, fewer images per reward, at most 8 agent steps per round, a shorter decision and one re-check round, a
     prune-back on 250 clean images; a policy that starts at a handful of groups, not 2% of them (2% of 1440 groups
     already costs most of the clean accuracy); and an amplification scan of 200 evenly spaced groups on 50 images
     (all 1440 on 100 would take ~15 minutes). Measured on the width-32 ResNet-18 (BENCHMARKS.md, run 23): 268 s,
@@ -255,7 +255,8 @@ def large_model_schedule(config: SanitizeConfig) -> SanitizeConfig:
     return replace(config, synthesis=replace(config.synthesis, batch_size=16), refine_triggers=1,
                    refine_steps=100, max_stamped=150, max_clean=200, initial_prune_groups=8.0,
                    extra_shortlist=12, rounds=min(config.rounds, config.large_model_rounds),
-                   prune_back_max_clean=250, train=replace(config.train, steps=8, settled_patience=3),
+                   prune_back_max_clean=250,
+                   train=replace(config.train, steps=min(config.train.steps, 8), settled_patience=3),
                    amplification=replace(config.amplification, images=50, max_groups=200))
 
 

@@ -42,6 +42,7 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     validate_report(report)
     assert report["schema"] == {"name": "onnx-onp-report", "version": "1.11"}
     assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
+    assert report["resume"]["runs_resumed"] > 0 and report["resume"]["levels"] > 0  # on by default on the CPU
     assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0
     assert report["model"]["sha256"] == hashlib.sha256(TINY.with_suffix(".onnx").read_bytes()).hexdigest()
     assert report["verdict"]["carrier_neurons"] and set(report["verdict"]["carrier_neurons"]) <= set(
@@ -234,3 +235,21 @@ def test_progress_bars_only_on_a_terminal(tiny_sanitized):
     assert "trigger synthesis" in shown and "suspected target 0" in shown and "reward=0.500" in shown
     result, _ = tiny_sanitized  # the CLI under a test runner: not a terminal
     assert "\r" not in result.output and "it/s" not in result.output
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--resume"], True), (["--no-resume"], False)])
+def test_resume_flag_reaches_the_config(monkeypatch, flag, expected):
+    """--resume/--no-resume set SanitizeConfig.resume_evaluation; without either, sanitize decides (CPU: on)."""
+    from onnx_onp import sanitize as pipeline
+
+    seen = {}
+
+    def capture(*args, config, **kwargs):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(pipeline, "sanitize", capture)
+    result = _run(["sanitize", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_train.npz"), "--limit", 50,
+                   *flag])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].resume_evaluation is expected
