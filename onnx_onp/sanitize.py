@@ -230,15 +230,13 @@ def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
     resuming = bool(wanted_resume and len(defense)) and evaluator.enable_resume(config.resume_cache_bytes, defense.x)
     try:
         mask, report = _find_backdoor_mask(lm, nmap, defense, evaluator, config, layout, progress, timer)
-        report["schedule"] = "large model" if scaled else "standard"
-        if resuming:
-            report["resume"] = {"levels": len(evaluator.resume.levels), "runs_resumed": evaluator.resume.resumed,
-                                "runs_from_input": evaluator.resume.full}
-        return mask, report
     finally:
         torch.set_num_threads(threads)
-        if resuming:
-            evaluator.disable_resume()
+        resumed = evaluator.disable_resume() if resuming else None
+    report["schedule"] = "large model" if scaled else "standard"
+    if resumed is not None:
+        report["resume"] = {key: resumed[key] for key in ("levels", "runs_resumed", "runs_from_input")}
+    return mask, report
 
 
 LARGE_MODEL_PARAMETERS = 1_000_000
