@@ -29,6 +29,7 @@ from onnx import helper
 from ..runtime import make_session
 
 MASK_INPUT = "onp_mask"  # the instrumented model's extra input: a keep-value per sample and group
+SUFFIX_ARENA = False  # onnxruntime's memory arena for the level sessions (benchmarks/resume_memory.py)
 REFERENCE_ROWS = 512  # images per scored array the memory plan allows for (the prune-back scores 500 clean ones)
 
 
@@ -176,9 +177,9 @@ class ResumeCache:
         graph.output.extend(outputs)
         for name in extra_outputs:
             graph.output.append(onnx.ValueInfoProto(name=name))
-        # No memory arena: each of the many sessions would keep its largest run's activations for good (measured
-        # on the width-32 ResNet-18: 2.3x the resident memory, and slower).
-        session, _ = make_session(model, self.provider, what="resumable model", arena=False)
+        # No memory arena: each of the many sessions would keep its largest run's activations for good
+        # (benchmarks/resume_memory.py measures both ways).
+        session, _ = make_session(model, self.provider, what="resumable model", arena=SUFFIX_ARENA)
         return session
 
     def _produced_after(self, level: Level | None) -> list[str]:
