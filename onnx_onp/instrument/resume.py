@@ -121,6 +121,8 @@ class ResumeCache:
         self.resumed = self.full = 0  # runs resumed at a level / run from the input
         self.last_start = None  # the site the last run resumed at (None: the input)
         self.types: dict[str, tuple] = {}
+        self.outputs_of: dict[int, list[str]] = {}  # per start level (-1: the input), the cut tensors a run returns
+        self._full_outputs: list[str] = []
         if self.levels:
             self._learn_types(probe_input)
 
@@ -149,7 +151,6 @@ class ResumeCache:
             if sum(per_image[t] for t in tensors) * REFERENCE_ROWS <= self.max_bytes // 2:
                 break
             self.levels.pop(0)
-        self.outputs_of = {}
         self._full_outputs = sorted({t for level in self.levels for t in level.cut if t != self.input_name})
 
     def _session_for(self, level: Level | None, extra_outputs: list[str]):
