@@ -25,15 +25,16 @@ from onnx_onp.agent import TrainConfig
 from onnx_onp.bench import BenchConfig, discover_cases, machine_info, run_bench
 from onnx_onp.bench.report import result_to_json
 from onnx_onp.files import atomic_write_text
+from onnx_onp.config import override
 from onnx_onp.sanitize import SanitizeConfig
 
 ATTACKS = "resnet18_badnets_cifar10,resnet18_blended_cifar10,resnet18_wanet_cifar10,resnet18_sig_cifar10"
 VARIANTS = {
     "graphconv": SanitizeConfig(),
-    "sage": SanitizeConfig(gnn="sage"),
-    "gat": SanitizeConfig(gnn="gat"),
-    "ppo": SanitizeConfig(train=TrainConfig(algorithm="ppo")),
-    "untrained": SanitizeConfig(train=TrainConfig(steps=0)),
+    "sage": override(SanitizeConfig(), {"search.gnn": "sage"}),
+    "gat": override(SanitizeConfig(), {"search.gnn": "gat"}),
+    "ppo": override(SanitizeConfig(), {"search.train": TrainConfig(algorithm="ppo")}),
+    "untrained": override(SanitizeConfig(), {"search.train": TrainConfig(steps=0)}),
 }
 
 

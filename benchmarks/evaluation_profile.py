@@ -10,7 +10,6 @@ Analysis only: sanitize does not use it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from collections import defaultdict
@@ -19,6 +18,7 @@ import numpy as np
 
 from onnx_onp import sanitize as sanitize_module
 from onnx_onp.bench import DataSplits, discover_cases
+from onnx_onp.config import override
 from onnx_onp.data import Spec
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.instrument.resume import ResumeCache
@@ -69,7 +69,7 @@ def profile(case_name: str, overrides: dict, resume: bool):
 
     ResumeCache.logits, MaskedEvaluator.run = resumed_logits, plain_run
     try:
-        config = dataclasses.replace(sanitize_module.SanitizeConfig(), **overrides, resume_evaluation=resume)
+        config = override(sanitize_module.SanitizeConfig(), {**overrides, "runtime.resume_evaluation": resume})
         start = time.perf_counter()
         mask, report = sanitize_module.find_backdoor_mask(lm, nmap, defense, evaluator, config, progress=recorder)
         seconds = time.perf_counter() - start
@@ -82,7 +82,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("case")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
-                        help="override a SanitizeConfig field")
+                        help="override a SanitizeConfig field by dotted path (search.rounds=4)")
     parser.add_argument("--no-compare", action="store_true", help="skip the run with resume off")
     parser.add_argument("--json", help="write the tables here")
     args = parser.parse_args(argv)

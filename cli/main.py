@@ -432,8 +432,10 @@ def sanitize(model, output, shrink, html_path, fail_on, **options):
     CA before and after to the report. When a backdoor is suspected but cannot be pruned within the budget,
     no model is written (exit 11).
     """
-    _run_onp("sanitize", model, output=output, shrink=shrink, html_path=html_path, fail_on=fail_on,
-             detect_only=False, **options)
+    from onnx_onp.options import RunOptions
+
+    _run_onp(model, RunOptions(command="sanitize", output=output, shrink=shrink, html_path=html_path,
+                               fail_on=fail_on, **options))
 
 
 @main.command(epilog=EPILOG)
@@ -453,96 +455,107 @@ def audit(model, html_path, fail_on, detect_only, **options):
     suspected) and reports what was found, the neurons that carry it and how much removing them changes the
     model's answers. The input model is only read.
     """
-    _run_onp("audit", model, output=None, shrink=False, html_path=html_path, fail_on=fail_on,
-             detect_only=detect_only, **options)
+    from onnx_onp.options import RunOptions
+
+    _run_onp(model, RunOptions(command="audit", html_path=html_path, fail_on=fail_on, detect_only=detect_only,
+                               **options))
 
 
-def _run_onp(command, model, *, output, shrink, html_path, fail_on, detect_only, data_path, max_ca_drop, steps,
-             masks_per_step, rounds, prune_back, gnn, algorithm, force, resume, report_path, poisoned_data, target,
-             test_data, quiet,
-             preprocess_path, spec_path, limit, seed, provider, as_json):
-    from dataclasses import replace
-
-    from onnx_onp.agent import TrainConfig
+def _run_onp(model, options) -> None:
+    """One sanitize or audit run from its options: check the inputs, run the pipeline, write the reports, exit
+    with the gate's code."""
     from onnx_onp.data import Preprocess, Spec
     from onnx_onp.errors import DataError
-    from onnx_onp.metrics import attack_scores, clean_accuracy, prepare, prepare_triggered
     from onnx_onp.progress import for_terminal
     from onnx_onp.report import gate_exit_code
-    from onnx_onp.sanitize import SanitizeConfig, sanitize as run_sanitize
+    from onnx_onp.sanitize import sanitize as run_sanitize
 
-    if poisoned_data and target is None:
+    if options.poisoned_data and options.target is None:
         raise DataError("--poisoned-data needs --target")
-    for path in (output, report_path, html_path):
+    for path in (options.output, options.report_path, options.html_path):
         if path and Path(path).exists() and Path(path).resolve() == Path(model).resolve():
             raise click.UsageError(f"{path} is the input model: it is never overwritten")
-    spec = Spec.load(spec_path) if spec_path else None
-    dataset = _dataset(data_path, limit or 500, seed)
-    base = SanitizeConfig()
-    config = replace(base, max_ca_drop=max_ca_drop / 100, seed=seed, provider=provider, shrink=shrink, gnn=gnn,
-                     force=force, rounds=rounds, prune=not detect_only, resume_evaluation=resume,
-                     prune_back_tolerance=base.prune_back_tolerance if prune_back else None,
-                     reward=replace(base.reward, max_ca_drop=max_ca_drop / 100),
-                     train=TrainConfig(steps=steps, masks_per_step=masks_per_step, seed=seed, algorithm=algorithm))
-
+    spec = Spec.load(options.spec_path) if options.spec_path else None
+    dataset = _dataset(options.data_path, options.limit or 500, options.seed)
     # Test and poisoned data are read and checked against the model before the analysis: a gate must fail
     # on bad input at once, not after minutes of work.
+    loaded, measured = _measurement_data(model, options, spec)
+    progress = for_terminal(quiet=options.quiet or options.as_json)
+    pre = Preprocess.load(options.preprocess_path) if options.preprocess_path else (spec.preprocess if spec else None)
+    try:
+        result = run_sanitize(loaded, dataset, pre, options.output, config=options.sanitize_config(),
+                              audit=_audit_measure(measured) if measured else None, progress=progress)
+    finally:
+        progress.close()
+    report = result.report
+    report["command"] = options.command
+    report["fail_on"] = options.fail_on
+    report["exit_code"] = gate_exit_code(report, options.fail_on)
+    _write_reports(report, options, progress)
+    _emit(options.as_json, report, lambda r: _print_outcome(r, options.output))
+    for warning in report["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    if report["exit_code"]:
+        sys.exit(report["exit_code"])
+
+
+def _measurement_data(model, options, spec):
+    """The model (loaded once when test data must be checked against it) and the audit's test data: clean test
+    images, and triggered ones from --poisoned-data or the spec's trigger."""
+    from onnx_onp.errors import DataError
+    from onnx_onp.load import load_model
+    from onnx_onp.metrics import prepare, prepare_triggered
+
+    if not (options.test_data or options.poisoned_data):
+        return model, {}
     measured = {}
-    loaded = model
-    if test_data or poisoned_data:
-        from onnx_onp.load import load_model
+    lm = load_model(model)  # handed on to the analysis: loaded once
+    pre = _preprocess(lm, options.preprocess_path, spec)
+    if options.test_data:
+        measured["clean"] = prepare(lm, _dataset(options.test_data, None, options.seed), pre,
+                                    what=str(options.test_data))
+    if options.poisoned_data:
+        measured["triggered"] = prepare(lm, _dataset(options.poisoned_data, None, options.seed), pre,
+                                        what=str(options.poisoned_data))
+        measured["target"] = options.target
+    elif spec is not None and spec.trigger is not None and options.test_data:
+        measured["triggered"] = prepare_triggered(lm, _dataset(options.test_data, None, options.seed), spec, pre)
+        measured["target"] = spec.target
+    if measured.get("target") is not None and not 0 <= measured["target"] < lm.num_classes:
+        raise DataError(f"target {measured['target']} is out of range (the model has {lm.num_classes} classes)")
+    return lm, measured
 
-        lm = loaded = load_model(model)  # handed on to the analysis: loaded once
-        pre = _preprocess(lm, preprocess_path, spec)
-        if test_data:
-            measured["clean"] = prepare(lm, _dataset(test_data, None, seed), pre, what=str(test_data))
-        if poisoned_data:
-            measured["triggered"] = prepare(lm, _dataset(poisoned_data, None, seed), pre, what=str(poisoned_data))
-            measured["target"] = target
-        elif spec is not None and spec.trigger is not None and test_data:
-            measured["triggered"] = prepare_triggered(lm, _dataset(test_data, None, seed), spec, pre)
-            measured["target"] = spec.target
-        if measured.get("target") is not None and not 0 <= measured["target"] < lm.num_classes:
-            raise DataError(f"target {measured['target']} is out of range (the model has {lm.num_classes} classes)")
 
-    def audit_data(evaluator, mask):
+def _audit_measure(measured):
+    """The audit hook: CA and ASR on the test data before and after the chosen mask (never seen by the search)."""
+    from onnx_onp.metrics import attack_scores, clean_accuracy
+
+    def measure(evaluator, mask):
         out = {}
         if "clean" in measured:
             clean = measured["clean"]
             out["clean_accuracy"] = {"before": clean_accuracy(evaluator, clean),
                                      "after": clean_accuracy(evaluator, clean, mask), "samples": len(clean)}
         if "triggered" in measured:
-            triggered, tgt = measured["triggered"], measured["target"]
-            before, after = attack_scores(evaluator, triggered, tgt), attack_scores(evaluator, triggered, tgt, mask)
+            triggered, target = measured["triggered"], measured["target"]
+            before, after = attack_scores(evaluator, triggered, target), attack_scores(evaluator, triggered, target,
+                                                                                      mask)
             out["attack_success_rate"] = {"before": before.asr, "after": after.asr, "samples": after.samples}
             out["robust_accuracy"] = {"before": before.ra, "after": after.ra}
         return out or None
+    return measure
 
-    progress = for_terminal(quiet=quiet or as_json)
-    pre = Preprocess.load(preprocess_path) if preprocess_path else (spec.preprocess if spec else None)
-    try:
-        result = run_sanitize(loaded, dataset, pre, output, config=config,
-                              audit=audit_data if measured else None, progress=progress)
-    finally:
-        progress.close()
-    report = result.report
-    report["command"] = command
-    report["fail_on"] = fail_on
-    report["exit_code"] = gate_exit_code(report, fail_on)
+
+def _write_reports(report, options, progress) -> None:
     report_text = json.dumps(report, indent=2, default=_json_default) + "\n"
-    if report_path:
-        _write_text(report_path, report_text)
-    if html_path:
+    if options.report_path:
+        _write_text(options.report_path, report_text)
+    if options.html_path:
         from onnx_onp.report.html import render_html
 
         progress.stage("writing the HTML report")
-        _write_text(html_path, render_html(json.loads(report_text)))  # the page shows exactly what the JSON says
+        _write_text(options.html_path, render_html(json.loads(report_text)))  # the page shows exactly what the JSON says
         progress.close()
-    _emit(as_json, report, lambda r: _print_outcome(r, output))
-    for warning in report["warnings"]:
-        click.echo(f"warning: {warning}", err=True)
-    if report["exit_code"]:
-        sys.exit(report["exit_code"])
 
 
 def _print_outcome(r, output) -> None:

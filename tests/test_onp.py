@@ -165,17 +165,21 @@ def test_training_stops_once_the_policy_samples_one_mask(tiny):
 
 def test_large_models_get_the_lighter_schedule():
     from onnx_onp.sanitize import SanitizeConfig, large_model_schedule
-    given = SanitizeConfig(rounds=3)
+    from onnx_onp.search import SearchConfig
+
+    given = SanitizeConfig(search=SearchConfig(rounds=3))
     large = large_model_schedule(given)
-    assert large.rounds == 2 and large.max_clean and large.train.settled_patience
-    assert large.synthesis.batch_size < given.synthesis.batch_size and large.refine_triggers < given.refine_triggers
-    assert large.amplification.max_groups * large.amplification.images < (
-        given.amplification.max_groups * given.amplification.images)
-    assert large.train.steps < given.train.steps and large.refine_steps < given.refine_steps
-    assert large.prune_back_max_clean and given.prune_back_max_clean is None
-    assert given.max_clean is None and given.train.settled_patience is None  # the given config is untouched
-    assert large_model_schedule(SanitizeConfig(rounds=6, large_model_rounds=4)).rounds == 4
-    assert large_model_schedule(SanitizeConfig(rounds=1, large_model_rounds=4)).rounds == 1
+    assert large.search.rounds == 2 and large.search.max_clean and large.search.train.settled_patience
+    assert large.detect.synthesis.batch_size < given.detect.synthesis.batch_size
+    assert large.probes.refine_triggers < given.probes.refine_triggers
+    assert large.detect.amplification.max_groups * large.detect.amplification.images < (
+        given.detect.amplification.max_groups * given.detect.amplification.images)
+    assert large.search.train.steps < given.search.train.steps and large.probes.refine_steps < given.probes.refine_steps
+    assert large.decide.prune_back_max_clean and given.decide.prune_back_max_clean is None
+    # the given config is untouched
+    assert given.search.max_clean is None and given.search.train.settled_patience is None
+    assert large_model_schedule(SanitizeConfig(search=SearchConfig(rounds=6, large_model_rounds=4))).search.rounds == 4
+    assert large_model_schedule(SanitizeConfig(search=SearchConfig(rounds=1, large_model_rounds=4))).search.rounds == 1
 
 
 def test_sanitize_end_to_end_removes_the_backdoor(tiny_sanitized):
@@ -342,10 +346,10 @@ def test_amplification_index_separates_the_measured_counts():
     """The rule on the counts `onnx-onp sanitize --limit 500` measured (720 settings on the width-8 ResNet-18s):
     SIG's target stands out past the default threshold, the clean twin's busiest class does not, and a model
     where one setting moves anything is not an outlier (the spread's floor)."""
-    from onnx_onp.sanitize import SanitizeConfig
+    from onnx_onp.detect import DetectConfig
     from onnx_onp.signals.amplification import count_indices
 
-    threshold = SanitizeConfig().amplification_threshold
+    threshold = DetectConfig().amplification_threshold
     sig = count_indices([71, 46, 22, 6, 16, 8, 5, 8, 12, 6], 720)
     clean = count_indices([3, 19, 28, 10, 15, 10, 4, 15, 13, 36], 720)
     quiet = count_indices([0, 1, 0, 0, 0, 0, 0, 0, 0, 0], 160)
@@ -359,8 +363,10 @@ def test_prune_back_returns_the_groups_the_probe_does_not_need(monkeypatch):
     would give back no clean accuracy, so it stays as a margin)."""
     from types import SimpleNamespace
 
-    from onnx_onp import sanitize as sanitize_module
     from onnx_onp.agent.reinforce import Outcome
+    from onnx_onp.decide import DecideConfig
+    from onnx_onp.decide import prune_back as prune_back_module
+    from onnx_onp.sanitize import SanitizeConfig
 
     probed = []
 
@@ -378,11 +384,11 @@ def test_prune_back_returns_the_groups_the_probe_does_not_need(monkeypatch):
                                    pruned=int(m.sum()), reward=0.0, probed=run))
             return out
 
-    monkeypatch.setattr(sanitize_module, "_env", lambda *args, **kwargs: Env())
+    monkeypatch.setattr(prune_back_module, "probe_env", lambda *args, **kwargs: Env())
     nmap = SimpleNamespace(label=lambda n: f"layer:{n}", groups=[SimpleNamespace(neurons=[g]) for g in range(5)])
-    config = sanitize_module.SanitizeConfig(prune_back_tolerance=0.02)
+    config = SanitizeConfig(decide=DecideConfig(prune_back_tolerance=0.02))
     mask = np.array([True, True, True, True, True])
-    kept, detail = sanitize_module._prune_back(SimpleNamespace(nmap=nmap), None, [], 0, (2, 3), config, mask)
+    kept, detail = prune_back_module.prune_back(SimpleNamespace(nmap=nmap), None, [], 0, (2, 3), config, mask)
     assert kept.tolist() == [True, True, False, False, True]
     assert detail["restored"] == ["layer:3", "layer:2"] and detail["probe_asr"] == {"before": 0.1, "after": 0.1}
     assert detail["defense_ca"]["after"] == pytest.approx(0.8)
@@ -407,7 +413,7 @@ def test_shortcut_confirmation_on_the_measured_probes():
     """The amplification detector's confirmation on what the benchmark's runs measured (held-out probe ASR before
     and after the pruning search): SIG's one group takes it 0.889 -> 0.222, the clean seed-1 model's four groups
     0.927 -> 0.745 only. Nothing pruned, or a probe that never worked, confirms nothing."""
-    from onnx_onp.sanitize import shortcut_confirmed
+    from onnx_onp.verify import shortcut_confirmed
 
     assert shortcut_confirmed(0.889, 0.222, True, 0.5)
     assert not shortcut_confirmed(0.927, 0.745, True, 0.5)
@@ -423,23 +429,30 @@ def test_unconfirmed_weak_suspicion_prunes_nothing(detector):
     from dataclasses import replace
 
     from onnx_onp.report import STATUS_CLEAN, STATUS_SANITIZED
+    from onnx_onp.decide import DecideConfig
+    from onnx_onp.detect import DetectConfig
+    from onnx_onp.probes import ProbeConfig
     from onnx_onp.sanitize import SanitizeConfig, sanitize
+    from onnx_onp.search import SearchConfig
     from onnx_onp.signals.amplification import AmplificationConfig
+    from onnx_onp.verify import VerifyConfig
 
     tiny = FIXTURES / "models" / "tiny_badnet_cifar10"
     spec = Spec.load(tiny.with_suffix(".json"))
     data = load_dataset(need(DATA / "cifar10_train.npz"), limit=200, seed=0)
     by_amplification = detector == "neuron amplification"
-    base = SanitizeConfig(anomaly_threshold=1e9 if by_amplification else 2.0, confirm_below=1e9,
-                          perturbation_scan=False, amplification_threshold=-1e9, amplification_min_fraction=0.0,
-                          rounds=1, refine_triggers=1, refine_steps=20,
-                          prune_back_tolerance=None, synthesis=SynthesisConfig(steps=20, batch_size=16),
-                          train=TrainConfig(steps=2, masks_per_step=4),
-                          amplification=AmplificationConfig(images=30, max_groups=20, factors=(100.0,)))
+    base = SanitizeConfig(
+        detect=DetectConfig(anomaly_threshold=1e9 if by_amplification else 2.0, perturbation_scan=False,
+                            amplification_threshold=-1e9, amplification_min_fraction=0.0,
+                            synthesis=SynthesisConfig(steps=20, batch_size=16),
+                            amplification=AmplificationConfig(images=30, max_groups=20, factors=(100.0,))),
+        verify=VerifyConfig(confirm_below=1e9), probes=ProbeConfig(refine_triggers=1, refine_steps=20),
+        search=SearchConfig(rounds=1, train=TrainConfig(steps=2, masks_per_step=4)),
+        decide=DecideConfig(prune_back_tolerance=None))
     outcomes = []
     for ratio in (0.0, 1.0):  # 0: nothing short of a probe at 0% confirms; 1: any pruning does
         report = sanitize(tiny.with_suffix(".onnx"), data, spec.preprocess,
-                          config=replace(base, confirm_ratio=ratio)).report
+                          config=replace(base, verify=replace(base.verify, confirm_ratio=ratio))).report
         check = report["confirmation"]
         probe = check["probe_asr_holdout"]
         assert report["detector"] == check["detector"] == detector and check["max_ratio"] == ratio
@@ -474,9 +487,9 @@ def test_a_backdoor_trigger_must_also_be_small():
     assert seed3.suspect == 4 and seed3.anomaly_index > 2.4 and seed3.size_ratio == pytest.approx(0.83, abs=0.005)
     assert verazuo.suspect == 1 and verazuo.anomaly_index < 3.2 and verazuo.size_ratio < 0.4
     assert sashank.suspect == 0 and sashank.size_ratio < 0.45
-    from onnx_onp.sanitize import SanitizeConfig
+    from onnx_onp.detect import DetectConfig
 
-    found = SanitizeConfig().found_ratio
+    found = DetectConfig().found_ratio
     assert verazuo.size_ratio < found and sashank.size_ratio < found < seed3.size_ratio
 
 

@@ -40,7 +40,7 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     result, paths = tiny_sanitized
     report = json.loads(paths["json"].read_text())
     validate_report(report)
-    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.11"}
+    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.12"}
     assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
     assert report["resume"]["runs_resumed"] > 0 and report["resume"]["levels"] > 0  # on by default on the CPU
     assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0
@@ -139,9 +139,9 @@ def test_gate_commands_reject_bad_input_with_their_exit_codes(tmp_path):
 def test_sanitize_that_finds_no_mask_within_budget_exits_11_and_writes_no_model(tmp_path, monkeypatch):
     """When every candidate pruning breaks the accuracy budget, the suspected model must not be written under
     the sanitized name. The decision is forced empty here; the rest of the pipeline runs for real."""
-    import onnx_onp.sanitize as pipeline
+    import onnx_onp.search as search_stage
 
-    real_choose = pipeline.choose_mask
+    real_choose = search_stage.choose_mask
 
     def nothing_within_budget(*args, **kwargs):
         decision = real_choose(*args, **kwargs)
@@ -149,7 +149,7 @@ def test_sanitize_that_finds_no_mask_within_budget_exits_11_and_writes_no_model(
         decision.within_budget = False
         return decision
 
-    monkeypatch.setattr(pipeline, "choose_mask", nothing_within_budget)
+    monkeypatch.setattr(search_stage, "choose_mask", nothing_within_budget)
     out = tmp_path / "sanitized.onnx"
     result = _run(["sanitize", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_train.npz"), "--limit", 300,
                    "--spec", TINY.with_suffix(".json"), "--budget", 2, "--masks-per-step", 4, "--rounds", 1,
@@ -239,7 +239,7 @@ def test_progress_bars_only_on_a_terminal(tiny_sanitized):
 
 @pytest.mark.parametrize("flag, expected", [([], None), (["--resume"], True), (["--no-resume"], False)])
 def test_resume_flag_reaches_the_config(monkeypatch, flag, expected):
-    """--resume/--no-resume set SanitizeConfig.resume_evaluation; without either, sanitize decides (CPU: on)."""
+    """--resume/--no-resume set SanitizeConfig.runtime.resume_evaluation; without either, sanitize decides (CPU: on)."""
     from onnx_onp import sanitize as pipeline
 
     seen = {}
@@ -252,4 +252,4 @@ def test_resume_flag_reaches_the_config(monkeypatch, flag, expected):
     result = _run(["sanitize", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_train.npz"), "--limit", 50,
                    *flag])
     assert result.exit_code == 0, result.output
-    assert seen["config"].resume_evaluation is expected
+    assert seen["config"].runtime.resume_evaluation is expected

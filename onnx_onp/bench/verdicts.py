@@ -54,7 +54,8 @@ def _attack(case: Case) -> tuple[str, bool]:
 def run_verdicts(cases: list[Case], *, defense_size: int = 500, seed: int = 0, provider: str = "auto",
                  on_row=None) -> list[VerdictRow]:
     splits = DataSplits()
-    config = replace(SanitizeConfig(), prune=False, seed=seed, provider=provider)
+    base = SanitizeConfig()
+    config = replace(base, prune=False, seed=seed, runtime=replace(base.runtime, provider=provider))
     rows = []
     for case in cases:
         spec = Spec.load(case.spec)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.11"
+SCHEMA_VERSION = "1.12"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -45,7 +45,7 @@ REPORT_SCHEMA = {
             "required": ["verdict", "rule", "suspected_target", "anomaly_index", "threshold", "carrier_neurons",
                          "prediction_agreement_holdout"],
             "properties": {"verdict": {"enum": ["backdoor suspected", "no backdoor evidence"]},
-                           "detector": {"enum": ["trigger synthesis", "neuron perturbation", "neuron amplification"],
+                           "detector": {"type": "string",
                                         "description": "the detector whose numbers the verdict quotes"},
                            "target_perturbation_share": _share,
                            "others_median_perturbation_share": _share,
@@ -69,7 +69,10 @@ REPORT_SCHEMA = {
                                           "description": "the suspect's mask L1 over the other classes' median"},
                            "max_size_ratio": {"type": "number", "minimum": 0},
                            "success_per_class": {"type": "array", "items": _share}}},
-        "detector": {"enum": ["trigger synthesis", "neuron perturbation", "neuron amplification"]},
+        "detector": {"type": "string", "description": "the deciding detector: trigger synthesis, neuron "
+                     "perturbation, neuron amplification, or one a caller added (detect.Detector)"},
+        "detector_key": {"type": "string", "description": "the report field that holds the deciding detector's "
+                         "evidence"},
         "schedule": {"enum": ["standard", "large model"],
                      "description": "large model: the lighter settings used from 1M parameters on (README)"},
         "neuron_perturbation": {

@@ -63,7 +63,10 @@ def verdict_of(report: dict) -> dict:
     detector = report.get("detector", SYNTHESIS)
     suspected = bool(report.get("backdoor_suspected", ts["anomaly_index"] >= ts["threshold"]))
     amplification = report.get("neuron_amplification")
-    evidence = scan if detector == PERTURBATION else amplification if detector == AMPLIFICATION else ts
+    # The deciding detector's section (any detector, by the key the report names; the built-in three by name).
+    key = report.get("detector_key") or {PERTURBATION: "neuron_perturbation",
+                                         AMPLIFICATION: "neuron_amplification"}.get(detector, "trigger_synthesis")
+    evidence = report.get(key, ts)
     target = evidence["suspected_target"]
     norms = ts["mask_l1_per_class"]
     others = [n for c, n in enumerate(norms) if c != target]
@@ -71,6 +74,8 @@ def verdict_of(report: dict) -> dict:
     # Neurons that carry the signal: the pruned ones whose activation the backdoor probe shifts most.
     carriers = sorted(pruned, key=lambda name: -pruned[name].get("act_shift", 0.0))[:10]
     config = report.get("config", {})
+    # Thresholds by stage (a flat config is an older report's).
+    config = {**config, **config.get("detect", {}), **config.get("verify", {})}
     verdict = {
         "verdict": SUSPECTED if suspected else NO_EVIDENCE,
         "detector": detector,

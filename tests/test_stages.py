@@ -1,0 +1,83 @@
+"""The pipeline's stages as a caller extends them: a detector added through the public interface runs after the
+built-in ones, decides the verdict when it suspects, and its evidence lands in the report under its key."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from onnx_onp.config import SanitizeConfig, override
+from onnx_onp.data import Spec, load_dataset
+from onnx_onp.detect import DETECTORS, Detection, Detector
+from onnx_onp.report import validate_report
+from onnx_onp.sanitize import sanitize
+from onnx_onp.signals.synthesis import SynthesisConfig
+
+from .conftest import DATA, TINY, need
+
+
+class MostCommonPrediction(Detector):
+    """A toy: suspects whichever class the model predicts most often on the clean training part."""
+    name, report_key, phase = "most common prediction", "most_common_prediction", "most_common_prediction"
+
+    def detect(self, ctx):
+        predicted = ctx.evaluator.logits(ctx.train.x).argmax(axis=1)
+        counts = np.bincount(predicted, minlength=ctx.num_classes)
+        target = int(np.argmax(counts))
+        share = float(counts[target] / counts.sum())
+        evidence = {"suspected_target": target, "anomaly_index": share, "threshold": 0.0, "share": share}
+        return Detection(self.name, self.report_key, suspected=True, target=target, anomaly_index=share,
+                         threshold=0.0, evidence=evidence)
+
+
+def test_a_detector_added_to_the_list_decides_the_verdict_and_is_in_the_report():
+    spec = Spec.load(TINY.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=120, seed=0)
+    # The built-in detectors find nothing here (synthesis: an unreachable threshold; the scans off), so the
+    # toy, last in the list, is the one that suspects. Detection only: nothing is pruned.
+    config = override(SanitizeConfig(prune=False), {
+        "detect.anomaly_threshold": 1e9, "detect.perturbation_scan": False, "detect.amplification_scan": False,
+        "detect.synthesis": SynthesisConfig(steps=5, batch_size=16)})
+    result = sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=config,
+                      detectors=[*DETECTORS, MostCommonPrediction()])
+    report = result.report
+    assert report["detector"] == "most common prediction" and report["detector_key"] == "most_common_prediction"
+    toy = report["most_common_prediction"]
+    assert report["verdict"]["verdict"] == "backdoor suspected"
+    assert report["verdict"]["suspected_target"] == toy["suspected_target"]
+    assert report["verdict"]["anomaly_index"] == toy["anomaly_index"] == toy["share"] > 0.1
+    assert report["trigger_synthesis"]["anomaly_index"] < report["trigger_synthesis"]["threshold"]
+    assert "neuron_perturbation" not in report and not result.mask.any()
+    report.update(command="audit", started_at=report["started_at"], exit_code=10)
+    validate_report(report)
+
+
+def test_detectors_after_a_suspecting_one_do_not_run():
+    """The list is a cascade: the first detector that suspects decides, the ones after it never run."""
+    spec = Spec.load(TINY.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=120, seed=0)
+    config = override(SanitizeConfig(prune=False), {
+        "detect.anomaly_threshold": 1e9, "detect.synthesis": SynthesisConfig(steps=5, batch_size=16)})
+    ran = []
+
+    class Recorder(MostCommonPrediction):
+        name, report_key = "recorder", "recorder"
+
+        def detect(self, ctx):
+            ran.append(True)
+            return super().detect(ctx)
+
+    report = sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=replace(config),
+                      detectors=[DETECTORS[0], MostCommonPrediction(), Recorder()]).report
+    assert report["detector"] == "most common prediction" and not ran and "recorder" not in report
+
+
+def test_the_detector_list_must_hold_trigger_synthesis():
+    """Its per-class triggers are the report's required evidence and the trigger probes' starting point."""
+    import pytest
+
+    from onnx_onp.detect import run_detectors
+
+    with pytest.raises(ValueError, match="trigger synthesis"):
+        run_detectors(None, [MostCommonPrediction()])
