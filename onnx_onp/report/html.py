@@ -290,7 +290,7 @@ def render_html(report: dict) -> str:
         if report["pruned"]["neurons"]:
             parts.append(
                 f"onnx-onp removed the {report['pruned']['neurons']} neurons the shortcut runs through while "
-                f"keeping clean accuracy within the budget of {100 * report['config']['max_ca_drop']:.1f} "
+                f"keeping clean accuracy within the budget of {100 * report['config']['decide']['max_ca_drop']:.1f} "
                 f"points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their "
                 f"answer.")
         else:
@@ -307,7 +307,7 @@ def render_html(report: dict) -> str:
             parts.append(
                 f"onnx-onp removed {report['pruned']['neurons']} neurons that respond to that class's synthesized "
                 f"trigger while keeping clean accuracy within the budget of "
-                f"{100 * report['config']['max_ca_drop']:.1f} points; "
+                f"{100 * report['config']['decide']['max_ca_drop']:.1f} points; "
                 f"{_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their answer.")
         else:
             parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
@@ -320,7 +320,7 @@ def render_html(report: dict) -> str:
         if report["pruned"]["neurons"]:
             parts.append(
                 f"onnx-onp removed the {report['pruned']['neurons']} neurons that respond to the shortcut while "
-                f"keeping clean accuracy within the budget of {100 * report['config']['max_ca_drop']:.1f} "
+                f"keeping clean accuracy within the budget of {100 * report['config']['decide']['max_ca_drop']:.1f} "
                 f"points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their "
                 f"answer.")
         else:
