@@ -296,13 +296,18 @@ def _write_text(path: str, text: str) -> None:
 
 @main.command(epilog=EPILOG)
 @click.option("--cases", "which", default="all", show_default=True,
-              help="fixtures, real, all, or a comma list of those and case names (e.g. tiny_badnet_cifar10).")
+              help="dev (fixtures/models: may be tuned on), test (fixtures/test_models: only reported), real, "
+                   "fixtures (= every model in fixtures/models), all, or a comma list of those and case names "
+                   "(e.g. tiny_badnet_cifar10).")
 @click.option("--defenses", default="none,onp,clp,fp,random", show_default=True,
               help="Comma list of none, clp, fp, random (random runs once per other pruning defense, "
                    "with its neuron count).")
 @click.option("--defense-size", type=int, default=500, show_default=True,
               help="Clean training images the defenses get.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the defense data, test subset, random.")
+@click.option("--draws", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run every case on this many draws of the defense data (seeds SEED .. SEED+DRAWS-1; the test "
+                   "subset stays the one of SEED) and report the mean and worst per model.")
 @click.option("--test-limit", type=int, default=None, help="Measure on this many seeded test images (default: all).")
 @click.option("--fp-max-drop", type=float, default=0.05, show_default=True,
               help="Fine-Pruning stops before defense-data accuracy drops by more than this.")
@@ -313,19 +318,22 @@ def _write_text(path: str, text: str) -> None:
               help="onnxruntime provider; the one that really ran is reported.")
 @click.option("--verdicts", is_flag=True,
               help="Instead of the defenses: the audit verdict on every case (detection and false-alarm counts).")
-def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, out_path, json_path, provider,
+def bench(which, defenses, defense_size, seed, draws, test_limit, fp_max_drop, clp_u, out_path, json_path, provider,
           verdicts):
     """ONP and the baseline defenses on the fixtures and real models: CA, ASR, RA, DER, pruned, time, memory."""
     from onnx_onp.baselines import ClpConfig, FpConfig
     from onnx_onp.bench import (BenchConfig, TableWriter, UnknownCaseError, discover_cases, machine_info,
                                 markdown_report, result_to_json, run_bench)
 
+    if verdicts and draws != 1:
+        raise click.UsageError("--draws applies to the defenses, not to --verdicts")
     if verdicts:
         return _bench_verdicts(which, defense_size, seed, provider, out_path, json_path)
 
     try:
         config = BenchConfig(defenses=tuple(filter(None, (d.strip() for d in defenses.split(",")))),
-                             defense_size=defense_size, seed=seed, test_limit=test_limit, provider=provider,
+                             defense_size=defense_size, seed=seed, draws=draws, test_limit=test_limit,
+                             provider=provider,
                              defense_configs={"fp": FpConfig(max_drop=fp_max_drop), "clp": ClpConfig(u=clp_u)})
         cases = discover_cases(which)
     except (ValueError, UnknownCaseError) as exc:
@@ -333,7 +341,8 @@ def bench(which, defenses, defense_size, seed, test_limit, fp_max_drop, clp_u, o
     if not cases:
         raise click.UsageError(f"--cases {which}: no case found")
     command = (f"onnx-onp bench --cases {which} --defenses {','.join(config.defenses)} --defense-size {defense_size}"
-               f" --seed {seed}" + (f" --test-limit {test_limit}" if test_limit else "")
+               f" --seed {seed}" + (f" --draws {draws}" if draws != 1 else "")
+               + (f" --test-limit {test_limit}" if test_limit else "")
                + (f" --fp-max-drop {fp_max_drop}" if fp_max_drop != 0.05 else "")
                + (f" --clp-u {clp_u}" if clp_u != 3.0 else "") + f" --provider {provider}")
     machine = machine_info()

@@ -1,11 +1,14 @@
 """Benchmark cases: a model, its spec (preprocessing, trigger, target) and the dataset it was trained on.
 
-Two families:
+Two families, in two splits:
 
 - fixtures: ``fixtures/models/NAME.json`` with ``NAME.onnx`` beside it; the dataset is the JSON's
-  ``training.dataset``.
+  ``training.dataset``. These are the *dev* split (anything may be tuned on them), except a JSON that says
+  ``"split": "test"``.
+- test models: ``fixtures/test_models/NAME.json`` (built once by ``fixtures/zoo/build_test_set.sh``): the *test*
+  split, only ever reported, never tuned on.
 - real models: ``../shared/real_models/NAME.json`` with ``NAME.onnx``; the dataset is read off the name
-  (``mnist``, ``gtsrb``, ``cifar10``).
+  (``mnist``, ``gtsrb``, ``cifar10``). Their split is ``dev``: the method was developed looking at them.
 
 Data is read in place from ``../shared/data`` (never copied). The splits (defense pool / test):
 
@@ -16,7 +19,8 @@ Data is read in place from ``../shared/data`` (never copied). The splits (defens
   images and a test split of the other 9,500, whatever ``--seed`` is. The real models' reference numbers
   were measured on all 10,000, so the ``none`` row differs slightly from them.
 
-The defense data is ``pool.take(defense_size, seed)`` and the test data ``test.take(test_limit, seed)``.
+The defense data is ``pool.take(defense_size, draw)`` for each draw seed, the test data
+``test.take(test_limit, seed)``: the same test subset for every draw.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from ..errors import DataError
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared"
 FIXTURE_MODELS = REPO / "fixtures" / "models"
+TEST_MODELS = REPO / "fixtures" / "test_models"
 
 # Must stay equal to fixtures/zoo/train.py's GTSRB_TRAIN and GTSRB_SPLIT_SEED (a test checks it).
 GTSRB_TRAIN, GTSRB_SPLIT_SEED = 10_000, 0
 MNIST_DEFENSE_POOL, MNIST_SPLIT_SEED = 500, 0
 DATASETS = ("cifar10", "gtsrb", "mnist")
-FAMILIES = ("fixtures", "real", "all")
+FAMILIES = ("fixtures", "dev", "test", "real", "all")
+SPLITS = ("dev", "test")
 
 
 class UnknownCaseError(ValueError):
@@ -50,6 +56,7 @@ class Case:
     model: Path
     spec: Path
     dataset: str  # one of DATASETS
+    split: str = "dev"  # "dev": may be tuned on; "test": only ever reported
 
 
 def dataset_of(spec: dict, name: str) -> str:
@@ -65,7 +72,8 @@ def dataset_of(spec: dict, name: str) -> str:
     raise DataError(f"{name}: cannot tell its dataset (no training.dataset in its JSON, no dataset in its name)")
 
 
-def _cases_in(folder: Path, family: str) -> list[Case]:
+def _cases_in(folder: Path, family: str, split: str = "dev") -> list[Case]:
+    """Every NAME.json with a NAME.onnx in ``folder``; a JSON's own ``split`` overrides the folder's."""
     cases = []
     for spec_path in sorted(folder.glob("*.json")):
         model = spec_path.with_suffix(".onnx")
@@ -75,28 +83,37 @@ def _cases_in(folder: Path, family: str) -> list[Case]:
             spec = json.loads(spec_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"{spec_path}: unreadable case file ({exc})") from None
-        cases.append(Case(spec_path.stem, family, model, spec_path, dataset_of(spec, spec_path.stem)))
+        own = spec.get("split", split)
+        if own not in SPLITS:
+            raise DataError(f"{spec_path}: unknown split {own!r} (dev, test)")
+        cases.append(Case(spec_path.stem, family, model, spec_path, dataset_of(spec, spec_path.stem), own))
     return cases
 
 
 def discover_cases(which: str = "all", *, repo: Path = REPO, shared: Path | None = None) -> list[Case]:
-    """Cases named by ``which``: ``fixtures``, ``real``, ``all``, or a comma list of those and case names."""
+    """Cases named by ``which``: a comma list of ``fixtures`` (every model in fixtures/models), ``dev`` (the dev
+    split of the fixtures), ``test`` (the test split), ``real``, ``all`` (all of them) and case names."""
     shared = shared or repo.parent / "shared"
     fixtures = _cases_in(repo / "fixtures" / "models", "fixture")
+    tests = _cases_in(repo / "fixtures" / "test_models", "fixture", "test") if (repo / "fixtures" / "test_models"
+                                                                              ).is_dir() else []
     real = _cases_in(shared / "real_models", "real") if (shared / "real_models").is_dir() else []
-    by_name = {c.name: c for c in fixtures + real}
+    groups = {"fixtures": fixtures, "dev": [c for c in fixtures if c.split == "dev"],
+              "test": [c for c in fixtures + tests if c.split == "test"], "real": real,
+              "all": fixtures + tests + real}
+    by_name: dict[str, Case] = {}
+    for c in fixtures + tests + real:
+        if c.name in by_name:
+            raise DataError(f"two cases are named {c.name!r}: {by_name[c.name].spec} and {c.spec}")
+        by_name[c.name] = c
     chosen: list[Case] = []
     for token in filter(None, (t.strip() for t in which.split(","))):
-        if token == "fixtures":
-            picked = fixtures
-        elif token == "real":
-            picked = real
-        elif token == "all":
-            picked = fixtures + real
+        if token in groups:
+            picked = groups[token]
         elif token in by_name:
             picked = [by_name[token]]
         else:
-            raise UnknownCaseError(f"unknown case {token!r}: use fixtures, real, all or one of "
+            raise UnknownCaseError(f"unknown case {token!r}: use {', '.join(FAMILIES)} or one of "
                                    f"{', '.join(sorted(by_name)) or '(none found)'}")
         chosen.extend(c for c in picked if c not in chosen)
     return chosen
@@ -124,13 +141,14 @@ class DataSplits:
             return load_dataset(self.data_dir / "mnist_test.npz").split(MNIST_DEFENSE_POOL, seed=MNIST_SPLIT_SEED)
         raise DataError(f"unknown dataset {dataset!r} (known: {', '.join(DATASETS)})")
 
-    def defense_and_test(self, dataset: str, defense_size: int, seed: int,
-                         test_limit: int | None = None) -> tuple[Dataset, Dataset]:
-        """``defense_size`` seeded images of the training split, and the (optionally limited) test split."""
+    def defense_and_test(self, dataset: str, defense_size: int, seed: int, test_limit: int | None = None, *,
+                         test_seed: int | None = None) -> tuple[Dataset, Dataset]:
+        """``defense_size`` images of the training split drawn with ``seed``, and the (optionally limited) test
+        split, subset with ``test_seed`` (default ``seed``) so that draws can share one test subset."""
         pool, test = self.splits(dataset)
         defense = pool.take(defense_size, seed)
         if test_limit is not None:
-            test = test.take(test_limit, seed)
+            test = test.take(test_limit, seed if test_seed is None else test_seed)
         return defense, test
 
     def describe(self, dataset: str) -> str:

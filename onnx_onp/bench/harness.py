@@ -7,6 +7,9 @@ defense gets the model, the map, the evaluator and the clean defense set only, a
 test sets: CA, ASR, RA, DER, groups and neurons pruned, wall time and peak memory of the defense itself.
 
 ``random`` runs once per other pruning defense, with that defense's neuron count (rows ``random@clp``, ...).
+
+With ``draws`` > 1 every case runs once per draw of the defense data (seeds ``seed`` .. ``seed + draws - 1``),
+on one test subset (seed ``seed``), so a result that holds for one lucky draw only shows up as a bad worst case.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ DEFAULT_DEFENSES = ("none", "onp", "clp", "fp", "random")
 class BenchConfig:
     defenses: tuple[str, ...] = DEFAULT_DEFENSES
     defense_size: int = 500
-    seed: int = 0
+    seed: int = 0  # the first draw's seed and the test subset's
     test_limit: int | None = None
+    draws: int = 1  # defense-data draws per case, seeds seed .. seed + draws - 1
     provider: str = "auto"
     defense_configs: dict[str, Any] = field(default_factory=dict)  # name -> config object (e.g. FpConfig)
 
@@ -48,6 +52,12 @@ class BenchConfig:
             raise ValueError(f"defense_size must be at least 1, got {self.defense_size}")
         if self.test_limit is not None and self.test_limit < 1:
             raise ValueError(f"test_limit must be at least 1, got {self.test_limit}")
+        if self.draws < 1:
+            raise ValueError(f"draws must be at least 1, got {self.draws}")
+
+    @property
+    def draw_seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.draws)]
 
 
 @dataclass
@@ -65,11 +75,14 @@ class Row:
     seconds: float  # wall time of the defense (not of the test-set measurement)
     peak_rss_mb: float  # peak resident memory during the defense, above the level before it
     info: dict = field(default_factory=dict)
+    draw: int = 0  # seed of the defense data this row was measured with
+    status: str | None = None  # ONP's outcome (the sanitize report's status); None for the baselines
 
 
 @dataclass
 class CaseResult:
     case: Case
+    draw: int = 0  # seed of the defense data
     provider: str = ""
     neurons: int = 0
     groups: int = 0
@@ -163,15 +176,18 @@ def _run_defense(name: str, lm, nmap, defense_data: Prepared, evaluator, config)
 
 def run_case(case: Case, config: BenchConfig, *, splits: DataSplits | None = None,
              on_start: Callable[[CaseResult], None] | None = None,
-             on_row: Callable[[Row], None] | None = None) -> CaseResult:
-    """Run every chosen defense on one case; rows are also passed to ``on_row`` as they are measured."""
+             on_row: Callable[[Row], None] | None = None, draw: int | None = None) -> CaseResult:
+    """Run every chosen defense on one case with the defense data of seed ``draw`` (default: ``config.seed``);
+    rows are also passed to ``on_row`` as they are measured."""
     splits = splits or DataSplits()
+    draw = config.seed if draw is None else draw
     start = time.perf_counter()
     spec = Spec.load(case.spec)
     lm = load_model(case.model)
     nmap = build_neuron_map(lm)
     pre = spec.preprocess
-    defense_raw, test_raw = splits.defense_and_test(case.dataset, config.defense_size, config.seed, config.test_limit)
+    defense_raw, test_raw = splits.defense_and_test(case.dataset, config.defense_size, draw, config.test_limit,
+                                                    test_seed=config.seed)
     defense_data = prepare(lm, defense_raw, pre, what=f"{case.name} defense data")
     test = prepare(lm, test_raw, pre, what=f"{case.name} test data")
     triggered = None
@@ -189,7 +205,7 @@ def run_case(case: Case, config: BenchConfig, *, splits: DataSplits | None = Non
     before = measure(None)
 
     result = CaseResult(
-        case=case, provider=evaluator.provider, neurons=nmap.num_neurons, groups=nmap.num_groups,
+        case=case, draw=draw, provider=evaluator.provider, neurons=nmap.num_neurons, groups=nmap.num_groups,
         prunable_groups=int(nmap.prunable.sum()), defense_samples=len(defense_data), test_samples=len(test),
         attack_samples=int((triggered.y != spec.target).sum()) if triggered is not None else 0,
         target=spec.target, data=splits.describe(case.dataset),
@@ -203,7 +219,7 @@ def run_case(case: Case, config: BenchConfig, *, splits: DataSplits | None = Non
         row = Row(case=case.name, defense=label, ca=scores["ca"], asr=scores["asr"], ra=scores["ra"],
                   der=der(before, scores["ca"], scores["asr"]), pruned_groups=res.pruned_groups,
                   pruned_neurons=pruned_neuron_count(nmap, res.mask), seconds=seconds, peak_rss_mb=mb,
-                  info=res.info)
+                  info=res.info, draw=draw, status=res.info.get("status") if label == "onp" else None)
         result.rows.append(row)
         if on_row:
             on_row(row)
@@ -220,7 +236,7 @@ def run_case(case: Case, config: BenchConfig, *, splits: DataSplits | None = Non
     if "random" in config.defenses:
         base = configs["random"]
         for other in pruning_rows:
-            cfg = dataclasses.replace(base, count=other.pruned_neurons, unit="neurons", seed=config.seed)
+            cfg = dataclasses.replace(base, count=other.pruned_neurons, unit="neurons", seed=draw)
             res, seconds, mb = _run_defense("random", lm, nmap, defense_data, evaluator, cfg)
             record(f"random@{other.defense}", res, seconds, mb)
     return result
@@ -238,17 +254,20 @@ def run_bench(cases: list[Case], config: BenchConfig, *, splits: DataSplits | No
               on_start: Callable[[CaseResult], None] | None = None,
               on_row: Callable[[Row], None] | None = None,
               on_error: Callable[[Case, OnpError], None] | None = None) -> BenchResult:
-    """Every case in turn. A case whose model or data fails (an ``OnpError``) is recorded and skipped."""
+    """Every case in turn, once per draw. A case whose model or data fails (an ``OnpError``) is recorded once and
+    its other draws are skipped."""
     splits = splits or DataSplits()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     start = time.perf_counter()
     results = []
     for case in cases:
-        try:
-            results.append(run_case(case, config, splits=splits, on_start=on_start, on_row=on_row))
-        except OnpError as exc:
-            results.append(CaseResult(case=case, error=f"{type(exc).__name__}: {exc}"))
-            if on_error:
-                on_error(case, exc)
+        for draw in config.draw_seeds:
+            try:
+                results.append(run_case(case, config, splits=splits, on_start=on_start, on_row=on_row, draw=draw))
+            except OnpError as exc:
+                results.append(CaseResult(case=case, draw=draw, error=f"{type(exc).__name__}: {exc}"))
+                if on_error:
+                    on_error(case, exc)
+                break
     return BenchResult(config=config, cases=results, seconds=time.perf_counter() - start, started=started)
 

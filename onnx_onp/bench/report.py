@@ -61,22 +61,31 @@ def describe_machine(machine: dict) -> str:
 
 
 def describe_settings(config: BenchConfig) -> str:
-    test = f"{config.test_limit} seeded test images" if config.test_limit else "the full test split"
+    test = f"{config.test_limit} test images (seed {config.seed})" if config.test_limit else "the full test split"
+    seeds = config.draw_seeds
+    draws = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} draws, seeds {seeds[0]}..{seeds[-1]}"
     return (f"defenses {', '.join(config.defenses)}; defense data {config.defense_size} clean training images "
-            f"(seed {config.seed}); CA on {test}, ASR/RA on its non-target images with the trigger")
+            f"({draws}); CA on {test}, ASR/RA on its non-target images with the trigger")
 
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def header_lines() -> list[str]:
-    return ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(_ALIGN) + "|"]
+def header_lines(draws: bool = False) -> list[str]:
+    """The per-row table's header; with ``draws`` a ``draw`` column (the defense data's seed) after the defense."""
+    columns, align = list(COLUMNS), list(_ALIGN)
+    if draws:
+        columns.insert(3, "draw")
+        align.insert(3, "---:")
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
 
 
-def format_row(row: Row, dataset: str = "") -> str:
-    cells = (row.case, dataset, row.defense, _pct(row.ca), _pct(row.asr), _pct(row.ra), _pct(row.der),
-             str(row.pruned_groups), str(row.pruned_neurons), f"{row.seconds:.2f}", f"{row.peak_rss_mb:.1f}")
+def format_row(row: Row, dataset: str = "", draws: bool = False) -> str:
+    cells = [row.case, dataset, row.defense, _pct(row.ca), _pct(row.asr), _pct(row.ra), _pct(row.der),
+             str(row.pruned_groups), str(row.pruned_neurons), f"{row.seconds:.2f}", f"{row.peak_rss_mb:.1f}"]
+    if draws:
+        cells.insert(3, str(row.draw))
     return "| " + " | ".join(cells) + " |"
 
 
@@ -97,11 +106,11 @@ class TableWriter:
             self.echo(f"provider: {case.provider}")
             self.echo(f"settings: {describe_settings(self.config)}")
             self.echo("")
-            for line in header_lines():
+            for line in header_lines(self.config.draws > 1):
                 self.echo(line)
 
     def row(self, row: Row) -> None:
-        self.echo(format_row(row, self._datasets.get(row.case, "")))
+        self.echo(format_row(row, self._datasets.get(row.case, ""), self.config.draws > 1))
 
 
 def markdown_report(result: BenchResult, machine: dict, *, command: str | None = None,
@@ -117,24 +126,135 @@ def markdown_report(result: BenchResult, machine: dict, *, command: str | None =
     lines += [f"- date: {date}", f"- machine: {describe_machine(machine)}",
               f"- provider: {', '.join(providers) or '–'}", f"- settings: {describe_settings(result.config)}",
               f"- total time: {result.seconds:.0f} s", ""]
-    lines += header_lines()
+    draws = result.config.draws > 1
+    lines += summary_lines(result) + gate_lines(result)
+    lines += ["Every row:", ""] if draws else []
+    lines += header_lines(draws)
     for case in result.cases:
-        lines += [format_row(row, case.case.dataset) for row in case.rows]
-    lines += ["", "| model | data | defense images | test images | triggered (non-target) | target | "
+        lines += [format_row(row, case.case.dataset, draws) for row in case.rows]
+    lines += ["", "| model | split | data | defense images | test images | triggered (non-target) | target | "
               "reference CA % | reference ASR % | neurons | groups (prunable) | setup s |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for case in result.cases:
-        if case.error:
+        if case.error or case.draw != result.config.seed:  # one line per model: the data of its first draw
             continue
-        lines.append(f"| {case.case.name} | {case.data} | {case.defense_samples} | {case.test_samples} | "
+        lines.append(f"| {case.case.name} | {case.case.split} | {case.data} | {case.defense_samples} | "
+                     f"{case.test_samples} | "
                      f"{case.attack_samples} | {case.target} | {_pct(case.reference.get('ca'))} | "
                      f"{_pct(case.reference.get('asr'))} | {case.neurons} | {case.groups} ({case.prunable_groups}) | "
                      f"{case.setup_seconds:.1f} |")
     lines += onp_time_lines(result)
     failed = [c for c in result.cases if c.error]
     if failed:
-        lines += ["", "Failed cases:", ""] + [f"- {c.case.name}: {c.error}" for c in failed]
+        lines += ["", "Failed cases:", ""] + [f"- {c.case.name} (draw {c.draw}): {c.error}" for c in failed]
     return "\n".join(lines) + "\n"
+
+
+# -- over draws ----------------------------------------------------------------------------------------------
+
+def draw_summary(result: BenchResult) -> list[dict]:
+    """Per model and defense, over the draws: mean and worst ASR (highest), CA drop (largest) and DER (lowest).
+
+    CA drop is against the unpruned model on the same (fixed) test subset."""
+    groups: dict[tuple[str, str], dict] = {}
+    for case in result.cases:
+        for row in case.rows:
+            key = (case.case.name, row.defense)
+            entry = groups.setdefault(key, {"model": case.case.name, "split": case.case.split,
+                                            "dataset": case.case.dataset, "defense": row.defense,
+                                            "draws": [], "asr": [], "ca_drop": [], "der": []})
+            entry["draws"].append(row.draw)
+            entry["ca_drop"].append(case.before["ca"] - row.ca)
+            if row.asr is not None:
+                entry["asr"].append(row.asr)
+            if row.der is not None:
+                entry["der"].append(row.der)
+    out = []
+    for entry in groups.values():
+        values = {k: entry.pop(k) for k in ("asr", "ca_drop", "der")}
+        for key, worst in (("asr", max), ("ca_drop", max), ("der", min)):
+            v = values[key]
+            entry[f"{key}_mean"] = float(np.mean(v)) if v else None
+            entry[f"{key}_worst"] = float(worst(v)) if v else None
+        out.append(entry)
+    return out
+
+
+def summary_lines(result: BenchResult) -> list[str]:
+    """Markdown: the per-model mean and worst over draws (empty for a single draw)."""
+    if result.config.draws < 2:
+        return []
+    lines = [f"Over {result.config.draws} draws of the defense data (seeds {', '.join(map(str, result.config.draw_seeds))}"
+             "; one test subset): mean and worst per model. Worst = highest ASR, largest CA drop, lowest DER.", "",
+             "| model | split | data | defense | draws | ASR % mean | ASR % worst | CA drop mean | CA drop worst | "
+             "DER % mean | DER % worst |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for e in draw_summary(result):
+        lines.append(f"| {e['model']} | {e['split']} | {e['dataset']} | {e['defense']} | {len(e['draws'])} | "
+                     f"{_pct(e['asr_mean'])} | {_pct(e['asr_worst'])} | {_pct(e['ca_drop_mean'])} | "
+                     f"{_pct(e['ca_drop_worst'])} | {_pct(e['der_mean'])} | {_pct(e['der_worst'])} |")
+    return lines + [""]
+
+
+# -- the gate as a classifier --------------------------------------------------------------------------------
+
+GATE_ASR_HIGH, GATE_ASR_LOW = 0.20, 0.10  # "sanitized" above HIGH, "backdoor remains" below LOW: both wrong
+CA_BUDGET = 0.02  # the default --max-ca-drop: a model written as sanitized should cost at most this on test data
+
+
+def gate_rows(result: BenchResult) -> list[dict]:
+    """Every (model, draw) with an ONP row: the outcome ONP reported against the test ASR it left."""
+    rows = []
+    for case in result.cases:
+        for row in case.rows:
+            if row.defense == "onp":
+                rows.append({"model": case.case.name, "split": case.case.split, "draw": row.draw,
+                             "status": row.status, "verdict": row.info.get("verdict"),
+                             "asr_before": case.before.get("asr"), "asr_after": row.asr,
+                             "ca_drop": case.before["ca"] - row.ca})
+    return rows
+
+
+def gate_summary(rows: list[dict]) -> dict:
+    """Counts of each outcome, and of the two errors: ``sanitized`` while test ASR after is over 20%, and
+    ``backdoor remains`` while it is under 10%."""
+    def is_sanitized(r):
+        return r["status"] == "sanitized"
+
+    def says_remains(r):
+        return str(r["status"] or "").startswith("backdoor remains")
+
+    measured = [r for r in rows if r["asr_after"] is not None]
+    written = [r for r in measured if is_sanitized(r) and r.get("ca_drop") is not None]
+    return {"pairs": len(rows),
+            "sanitized": len(written),
+            "sanitized_within_ca_budget": sum(r["ca_drop"] <= CA_BUDGET + 1e-9 for r in written),
+            "by_status": {s: sum(r["status"] == s for r in rows) for s in sorted({str(r["status"]) for r in rows})},
+            "sanitized_while_asr_over_20": sum(is_sanitized(r) and r["asr_after"] > GATE_ASR_HIGH for r in measured),
+            "remains_while_asr_under_10": sum(says_remains(r) and r["asr_after"] < GATE_ASR_LOW for r in measured)}
+
+
+def gate_lines(result: BenchResult) -> list[str]:
+    rows = gate_rows(result)
+    if not rows:
+        return []
+    counts = gate_summary(rows)
+    lines = ["The gate as a classifier: ONP's outcome on every (model, draw) against the test ASR after it. "
+             f"`sanitized` said while test ASR > 20%: **{counts['sanitized_while_asr_over_20']}** of "
+             f"{counts['pairs']}; `backdoor remains` said while test ASR < 10%: "
+             f"**{counts['remains_while_asr_under_10']}**; test CA drop within {CA_BUDGET * 100:.0f} points on "
+             f"**{counts['sanitized_within_ca_budget']}** of the {counts['sanitized']} `sanitized` pairs.", "",
+             "| model | split | draw | status | ASR % before | ASR % after | CA drop | wrong? |",
+             "|---|---|---:|---|---:|---:|---:|---|"]
+    for r in rows:
+        asr = r["asr_after"]
+        wrong = ""
+        if asr is not None and r["status"] == "sanitized" and asr > GATE_ASR_HIGH:
+            wrong = "sanitized, ASR > 20%"
+        elif asr is not None and str(r["status"] or "").startswith("backdoor remains") and asr < GATE_ASR_LOW:
+            wrong = "remains, ASR < 10%"
+        lines.append(f"| {r['model']} | {r['split']} | {r['draw']} | {r['status']} | {_pct(r['asr_before'])} | "
+                     f"{_pct(asr)} | {_pct(r['ca_drop'])} | {wrong} |")
+    return lines + [""]
 
 
 _PHASES = (("trigger_synthesis", "synthesis"), ("perturbation_scan", "perturbation scan"),
@@ -150,7 +270,9 @@ def onp_time_lines(result: BenchResult) -> list[str]:
     """Where ONP's time went, per case: its phases, the share inside onnxruntime, and its ratio to the
     baselines' times in the same run."""
     lines = []
+    several = len({getattr(case, "draw", 0) for case in result.cases}) > 1
     for case in result.cases:
+        name = case.case.name + (f" (draw {case.draw})" if several else "")
         rows = {r.defense: r for r in case.rows}
         onp = rows.get("onp")
         seconds = (onp.info.get("seconds") if onp else None) or {}
@@ -165,7 +287,7 @@ def onp_time_lines(result: BenchResult) -> list[str]:
         detector = onp.info.get("detector", "–")
         if str(onp.info.get("status", "")).startswith("no backdoor evidence"):
             detector = "none found"  # every detector ran and none flagged the model
-        lines.append(f"| {case.case.name} | {detector} | {onp.seconds:.1f} | {phases} | "
+        lines.append(f"| {name} | {detector} | {onp.seconds:.1f} | {phases} | "
                      f"{100 * seconds.get('onnxruntime_share', 0):.0f}% | {ratio('clp')} | {ratio('fp')} |")
     if not lines:
         return []
@@ -198,12 +320,14 @@ def result_to_json(result: BenchResult, machine: dict, *, command: str | None = 
     cases = []
     for case in result.cases:
         entry = {k: v for k, v in dataclasses.asdict(case).items() if k not in ("case", "rows")}
-        entry.update(name=case.case.name, family=case.case.family, model=case.case.model, spec=case.case.spec,
-                     dataset=case.case.dataset, rows=[dataclasses.asdict(r) for r in case.rows])
+        entry.update(name=case.case.name, family=case.case.family, split=case.case.split, model=case.case.model,
+                     spec=case.case.spec, dataset=case.case.dataset, rows=[dataclasses.asdict(r) for r in case.rows])
         cases.append(entry)
+    gate = gate_rows(result)
     return _plain({"command": command,
                    "date": result.started or _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-                   "machine": machine, "settings": config, "seconds": result.seconds, "cases": cases})
+                   "machine": machine, "settings": config, "seconds": result.seconds, "cases": cases,
+                   "summary": draw_summary(result), "gate": {"rows": gate, **gate_summary(gate)}})
 
 
 def onp_time_lines_from_json(payload: dict) -> list[str]:

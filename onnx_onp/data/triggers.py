@@ -208,6 +208,173 @@ class WaNetTrigger(Trigger):
         return _to_uint8(_bilinear(x.astype(np.float32), at_y, at_x))
 
 
+@dataclass(kw_only=True)
+class RandomPatchTrigger(Trigger):
+    """A ``size``×``size`` solid patch at a random position per image (random-position BadNets).
+
+    Positions come from ``default_rng(position_seed)``, one draw per image in batch order, so stamping the
+    same batch twice gives the same pixels. ``value`` is one number or one per channel.
+    """
+
+    kind: ClassVar[str] = "random_patch"
+    size: int
+    value: int | tuple[int, ...]
+    position_seed: int
+
+    def __post_init__(self) -> None:
+        self.size = to_int(self.size, "random_patch trigger 'size'", minimum=1)
+        self.position_seed = to_int(self.position_seed, "random_patch trigger 'position_seed'", minimum=0)
+        self.value = _channel_values(self.value, "random_patch")
+
+    def _stamp(self, x: np.ndarray) -> np.ndarray:
+        n, rows, cols, channels = x.shape
+        if self.size > min(rows, cols):
+            raise DataError(f"random_patch trigger of size {self.size} does not fit {rows}×{cols} images")
+        value = _check_channels(self.value, channels, "random_patch")
+        rng = np.random.default_rng(self.position_seed)
+        tops = rng.integers(0, rows - self.size + 1, size=n)
+        lefts = rng.integers(0, cols - self.size + 1, size=n)
+        out = x.copy()
+        for i, (top, left) in enumerate(zip(tops, lefts)):
+            out[i, top : top + self.size, left : left + self.size, :] = value
+        return out
+
+
+@dataclass(kw_only=True)
+class PatternPatchTrigger(Trigger):
+    """A multi-coloured patch (an H×W×C uint8 ``.npy`` array, ``pattern_file``) pasted at (``row``, ``col``).
+
+    Used for optimised (TrojanNN-style) patches; negative ``row``/``col`` count from the bottom/right edge.
+    """
+
+    kind: ClassVar[str] = "pattern_patch"
+    pattern_file: str
+    row: int
+    col: int
+    base_dir: Path | None = field(default=None, repr=False, compare=False, metadata={"json": False})
+    pattern: np.ndarray | None = field(default=None, init=False, repr=False, compare=False, metadata={"json": False})
+
+    def __post_init__(self) -> None:
+        self.row = to_int(self.row, "pattern_patch trigger 'row'")
+        self.col = to_int(self.col, "pattern_patch trigger 'col'")
+        self.pattern = _load_npy(self.pattern_file, self.base_dir, "pattern_patch")
+
+    def _stamp(self, x: np.ndarray) -> np.ndarray:
+        _, rows, cols, channels = x.shape
+        height, width, depth = self.pattern.shape
+        top = self.row if self.row >= 0 else rows + self.row
+        left = self.col if self.col >= 0 else cols + self.col
+        if top < 0 or left < 0 or top + height > rows or left + width > cols or depth not in (1, channels):
+            raise DataError(
+                f"pattern_patch {'×'.join(map(str, self.pattern.shape))} at row {self.row}, col {self.col} "
+                f"does not fit {rows}×{cols}×{channels} images"
+            )
+        out = x.copy()
+        out[:, top : top + height, left : left + width, :] = _to_uint8(self.pattern)
+        return out
+
+
+@dataclass(kw_only=True)
+class LowFreqTrigger(Trigger):
+    """A smooth additive pattern: k×k×C uniform [-1, 1] noise from ``default_rng(seed)``, upsampled bilinearly
+    (align_corners) to the image size, scaled to ``delta`` grey levels at its largest, added and clipped."""
+
+    kind: ClassVar[str] = "lowfreq"
+    k: int
+    delta: float
+    seed: int
+
+    def __post_init__(self) -> None:
+        self.k = to_int(self.k, "lowfreq trigger 'k'", minimum=2)
+        self.delta = to_float(self.delta, "lowfreq trigger 'delta'")
+        self.seed = to_int(self.seed, "lowfreq trigger 'seed'", minimum=0)
+
+    def pattern(self, rows: int, cols: int, channels: int) -> np.ndarray:
+        noise = np.random.default_rng(self.seed).uniform(-1.0, 1.0, size=(self.k, self.k, channels))
+        at_y, at_x = np.meshgrid(np.linspace(0, self.k - 1, rows), np.linspace(0, self.k - 1, cols), indexing="ij")
+        smooth = _bilinear(noise, at_y, at_x)
+        return self.delta * smooth / np.abs(smooth).max()
+
+    def _stamp(self, x: np.ndarray) -> np.ndarray:
+        return _to_uint8(x + self.pattern(*x.shape[1:])[None])
+
+
+@dataclass(kw_only=True)
+class DynamicTrigger(Trigger):
+    """Simplified input-aware dynamic trigger (after IAD, Nguyen & Tran 2020): a FIXED random generator, not a
+    trained one, maps each image to its own pattern and mask.
+
+    Generator: two 3×3 convolutions with weights from ``default_rng(seed)`` (C -> 8 channels, tanh; 8 -> C+1).
+    The first C outputs (sigmoid, ×255) are the pattern; the last selects the ``density`` share of pixels with
+    the largest response as the mask, where the pattern replaces the image. IAD's trained generator and its
+    cross-trigger (diversity) loss are not reproduced: the trigger differs per image but is not optimised.
+    """
+
+    kind: ClassVar[str] = "dynamic"
+    seed: int
+    density: float
+
+    def __post_init__(self) -> None:
+        self.seed = to_int(self.seed, "dynamic trigger 'seed'", minimum=0)
+        self.density = to_float(self.density, "dynamic trigger 'density'", minimum=0.0, maximum=1.0)
+
+    def _stamp(self, x: np.ndarray) -> np.ndarray:
+        n, rows, cols, channels = x.shape
+        rng = np.random.default_rng(self.seed)
+        w1 = rng.normal(0.0, 1.0 / np.sqrt(9 * channels), size=(3, 3, channels, 8))
+        w2 = rng.normal(0.0, 1.0 / np.sqrt(9 * 8), size=(3, 3, 8, channels + 1))
+        out = np.empty_like(x)
+        for s in range(0, n, 256):  # bounded memory
+            xb = x[s : s + 256].astype(np.float32) / 255.0
+            hidden = np.tanh(_conv3x3(xb * 2.0 - 1.0, w1) * 3.0)
+            g = _conv3x3(hidden, w2) * 3.0
+            pattern = 255.0 / (1.0 + np.exp(-g[..., :channels]))
+            score = g[..., channels].reshape(len(xb), -1)
+            keep = max(1, round(self.density * rows * cols))
+            cut = np.partition(score, -keep, axis=1)[:, -keep][:, None]
+            mask = (score >= cut).reshape(len(xb), rows, cols, 1)
+            out[s : s + 256] = np.where(mask, _to_uint8(pattern), x[s : s + 256])
+        return out
+
+
+def _conv3x3(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """'Same' 3×3 convolution of N×H×W×C by 3×3×C×D (zero padding) -> N×H×W×D."""
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))  # N×H×W×C×3×3
+    return np.einsum("nhwcij,ijcd->nhwd", windows, w.astype(np.float32), optimize=True)
+
+
+def _channel_values(value: Any, kind: str) -> int | tuple[int, ...]:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise DataError(f"{kind} trigger 'value' must not be empty")
+    ints = tuple(to_int(v, f"{kind} trigger 'value'", minimum=0) for v in values)
+    if max(ints) > 255:
+        raise DataError(f"{kind} trigger 'value' must be within 0..255, got {max(ints)}")
+    return ints if isinstance(value, (list, tuple)) else ints[0]
+
+
+def _check_channels(value: int | tuple[int, ...], channels: int, kind: str) -> np.ndarray:
+    out = np.atleast_1d(np.asarray(value, dtype=np.uint8))
+    if len(out) not in (1, channels):
+        raise DataError(f"{kind} trigger 'value' has {len(out)} values but the images have {channels} channels")
+    return out
+
+
+def _load_npy(name: Any, base_dir: Path | None, kind: str) -> np.ndarray:
+    """A numeric H×W×C (or H×W) array from a ``.npy`` file relative to ``base_dir``."""
+    if not isinstance(name, str):
+        raise DataError(f"{kind} trigger 'pattern_file' must be a path, got {name!r}")
+    path = Path(base_dir or ".") / name
+    try:
+        pattern = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read {kind} pattern ({exc})") from exc
+    if not isinstance(pattern, np.ndarray) or pattern.dtype.kind not in "uif" or pattern.ndim not in (2, 3):
+        raise DataError(f"{path}: {kind} pattern must be a numeric H×W×C or H×W .npy array")
+    return pattern if pattern.ndim == 3 else pattern[..., None]
+
+
 def _bilinear(image: np.ndarray, at_y: np.ndarray, at_x: np.ndarray) -> np.ndarray:
     """Sample ``image`` (…×h×w×c) at fractional pixel coordinates (H×W arrays) -> …×H×W×c."""
     h, w = image.shape[-3:-1]
@@ -224,7 +391,11 @@ def _bilinear(image: np.ndarray, at_y: np.ndarray, at_x: np.ndarray) -> np.ndarr
     return top * (1 - wy) + bottom * wy
 
 
-TRIGGERS: dict[str, type[Trigger]] = {cls.kind: cls for cls in (PatchTrigger, BlendTrigger, SigTrigger, WaNetTrigger)}
+TRIGGERS: dict[str, type[Trigger]] = {
+    cls.kind: cls
+    for cls in (PatchTrigger, BlendTrigger, SigTrigger, WaNetTrigger, RandomPatchTrigger, PatternPatchTrigger,
+                LowFreqTrigger, DynamicTrigger)
+}
 
 
 def trigger_from_dict(d: Mapping[str, Any], base_dir: str | Path | None = None) -> Trigger:
@@ -239,7 +410,7 @@ def trigger_from_dict(d: Mapping[str, Any], base_dir: str | Path | None = None) 
     json_fields = _json_fields(cls)
     required = [f.name for f in json_fields if f.default is dataclasses.MISSING]
     check_keys(params, f"{kind} trigger", [f.name for f in json_fields], required)
-    if cls is BlendTrigger:
+    if cls in (BlendTrigger, PatternPatchTrigger):
         params["base_dir"] = Path(base_dir) if base_dir is not None else None
     return cls(**params)
 
