@@ -174,7 +174,7 @@ def synthesize_blend(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, target: 
 
     It is the mask-and-pattern trigger with the mask fixed at ``alpha`` everywhere, so it stamps images like any
     other candidate. Per class, on the Blended ResNet-18 and its clean twin: `python -m experiments.blend_probe_scan`
-    (BENCHMARKS.md). ``success`` is measured on up to 256 images of other classes after the optimisation.
+    (experiments/README.md). ``success`` is measured on up to 256 images of other classes after the optimisation.
     """
     generator = torch.Generator().manual_seed(config.seed)
     xt = torch.from_numpy(x)
