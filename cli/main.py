@@ -422,15 +422,16 @@ onp_options = [
 @click.option("--html", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report here.")
 @click.option("--fail-on", type=click.Choice(["suspected", "unsanitizable", "never"]), default="unsanitizable",
               show_default=True, help="Exit 10 when a backdoor is suspected (suspected), 11 when one cannot be "
-                                      "pruned within the budget (suspected, unsanitizable), or always 0 (never).")
+                                      "pruned within the budget or remains after pruning (suspected, unsanitizable), "
+                                      "or always 0 (never: the pruned model is written even then).")
 @_with(onp_options)
 @_with(data_options)
 def sanitize(model, output, shrink, html_path, fail_on, **options):
     """Find and prune backdoor neurons with ONP; write the sanitized model and a report.
 
     Only the clean --data is used to decide. --spec/--poisoned-data/--test-data (audit mode) only add ASR and
-    CA before and after to the report. When a backdoor is suspected but cannot be pruned within the budget,
-    no model is written (exit 11).
+    CA before and after to the report. When a backdoor is suspected but cannot be pruned within the budget, or
+    still works on images the search never saw, no model is written (exit 11) unless --fail-on never.
     """
     from onnx_onp.options import RunOptions
 
@@ -484,7 +485,8 @@ def _run_onp(model, options) -> None:
     pre = Preprocess.load(options.preprocess_path) if options.preprocess_path else (spec.preprocess if spec else None)
     try:
         result = run_sanitize(loaded, dataset, pre, options.output, config=options.sanitize_config(),
-                              audit=_audit_measure(measured) if measured else None, progress=progress)
+                              audit=_audit_measure(measured) if measured else None, progress=progress,
+                              write_unsanitized=options.fail_on == "never")
     finally:
         progress.close()
     report = result.report
@@ -568,6 +570,17 @@ def _print_outcome(r, output) -> None:
                f"synthesized-trigger ASR {100 * r['synthesized_trigger_asr_holdout']['before']:.1f}% -> "
                f"{100 * r['synthesized_trigger_asr_holdout']['after']:.1f}%; "
                f"{100 * r['prediction_agreement_holdout']:.1f}% of held-out predictions unchanged")
+    check = r.get("final_check")
+    if check:
+        ca = check["clean_accuracy"]
+        click.echo(f"final check on {check['images']} unseen defense images: CA drop {100 * ca['drop']:.1f} points "
+                   f"(upper bound {100 * ca['upper_bound']:.1f} at {100 * ca['confidence']:.0f}%, budget "
+                   f"{100 * ca['budget']:.1f})")
+        for item in check["residual_evidence"]:
+            click.echo(f"  {item['source']}: {'FOUND' if item['found'] else 'not found'}"
+                       + ("" if item["decisive"] else " (recorded, does not decide)")
+                       + (f", ASR {100 * item['asr_before']:.1f}% -> {100 * item['asr_after']:.1f}%"
+                          if "asr_after" in item else ""))
     click.echo(f"pruned {r['pruned']['neurons']} neurons in {r['pruned']['groups']} groups")
     for layer, units in r["pruned"]["per_layer"].items():
         click.echo(f"  {layer}: {', '.join(map(str, units))}")

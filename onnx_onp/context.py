@@ -31,6 +31,17 @@ def split_defense(data: Prepared, holdout: float, seed: int) -> tuple[Prepared, 
     return (Prepared(data.x[order[:cut]], data.y[order[:cut]]), Prepared(data.x[order[cut:]], data.y[order[cut:]]))
 
 
+def split_check(data: Prepared, share: float | None, seed: int) -> tuple[Prepared, Prepared]:
+    """The search's part of the defense data and the final check set, which nothing but the verify stage sees.
+    Cut first, with its own seed stream, so the check images never depend on the search's settings."""
+    if not share:
+        return data, Prepared(data.x[:0], data.y[:0])
+    order = np.random.default_rng([seed, 1]).permutation(len(data))
+    size = int(round(len(data) * share))
+    check, rest = np.sort(order[:size]), np.sort(order[size:])
+    return Prepared(data.x[rest], data.y[rest]), Prepared(data.x[check], data.y[check])
+
+
 @dataclass
 class RunContext:
     lm: object  # load.LoadedModel
@@ -38,14 +49,20 @@ class RunContext:
     evaluator: object  # instrument.MaskedEvaluator: every reward, in onnxruntime
     mirror: object  # mirror.TorchMirror: gradients for synthesis, perturbation and signals
     config: object  # config.SanitizeConfig
-    defense: Prepared
-    train: Prepared
-    holdout: Prepared
+    defense: Prepared  # all of it, as given
+    train: Prepared  # the search fits its rewards on it
+    holdout: Prepared  # the decision checks on it
     layout: str
     axes: tuple[int, int]
     progress: object
     timer: PhaseTimer
+    check: Prepared = None  # only the verify stage's final check reads it (context.split_check)
     detections: dict = field(default_factory=dict)  # detector name -> Detection, in the order they ran
+
+    @property
+    def search_data(self) -> Prepared:
+        """Everything but the check set: train and holdout together (the prune-back scores on it)."""
+        return Prepared(np.concatenate([self.train.x, self.holdout.x]), np.concatenate([self.train.y, self.holdout.y]))
 
     @property
     def seed(self) -> int:

@@ -71,5 +71,6 @@ EXIT_CODES = {
     OutputError.exit_code: "output cannot be written or failed verification",
     MaskError.exit_code: "neuron list or mask file does not fit the model",
     GATE_SUSPECTED: "backdoor suspected (with --fail-on suspected)",
-    GATE_UNSANITIZABLE: "backdoor suspected and cannot be pruned within the clean-accuracy budget",
+    GATE_UNSANITIZABLE: "backdoor suspected and not removed: no pruning within the clean-accuracy budget, or the "
+                        "backdoor remains after pruning",
 }

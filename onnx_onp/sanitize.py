@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import LARGE_MODEL_PARAMETERS, SanitizeConfig, large_model_schedule
-from .context import PhaseTimer, RunContext, split_defense
+from .context import PhaseTimer, RunContext, split_check, split_defense
 from .data import Dataset, Preprocess
 from .decide.prune_back import prune_back
 from .detect import DETECTORS, detector_named, run_detectors
@@ -30,7 +30,7 @@ from .neuron_map import build_neuron_map
 from .probes import PROBES, build_probes
 from .progress import Silent
 from .report.assemble import assemble_report
-from .report.verdict import STATUS_CLEAN, STATUS_SANITIZED
+from .report.verdict import NOT_SANITIZED, STATUS_CLEAN, STATUS_SANITIZED
 from .search import run_search
 from .signals.synthesis import spatial_axes
 from .verify import verify
@@ -49,7 +49,7 @@ class SanitizeResult:
 
 def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None, *,
              config: SanitizeConfig = SanitizeConfig(), audit=None, progress=None, detectors=None,
-             probes=None) -> SanitizeResult:
+             probes=None, write_unsanitized: bool = False) -> SanitizeResult:
     """Find and prune backdoor neurons, write the model (when ``output`` is given) and a report.
 
     ``model``: a path, or a LoadedModel the caller has already loaded.
@@ -57,8 +57,9 @@ def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None
     ``audit(evaluator, mask)`` may add ASR numbers to the report after the decision is made (it never
     influences it). ``progress`` (see ``onnx_onp.progress``) hears about every stage. ``detectors`` and
     ``probes``: the lists the detect and probes stages use (default ``detect.DETECTORS``, ``probes.PROBES``).
-    The model is not written when a backdoor is suspected but no pruning within the budget was found: a
-    file under the sanitized name that is not sanitized would mislead whoever ships it.
+    The model is not written when a backdoor is suspected but no pruning within the budget was found, or when the
+    backdoor remains after pruning: a file under the sanitized name that is not sanitized would mislead whoever
+    ships it. ``write_unsanitized`` (the CLI's ``--fail-on never``) writes the pruned model anyway.
     """
     progress = progress or Silent()
     timer = PhaseTimer()
@@ -73,10 +74,12 @@ def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None
     mask, report = find_backdoor_mask(lm, nmap, defense, evaluator, config, layout=preprocess.layout,
                                       progress=progress, timer=timer, detectors=detectors, probes=probes)
     report["started_at"] = started
-    if output is not None and report["status"] in (STATUS_CLEAN, STATUS_SANITIZED):
+    wanted = report["status"] in (STATUS_CLEAN, STATUS_SANITIZED) or \
+        (write_unsanitized and report["status"] in NOT_SANITIZED and mask.any())
+    if output is not None and wanted:
         progress.stage("writing and checking the sanitized model")
         written = export_pruned(lm, nmap, mask, output, shrink=config.shrink, check_inputs=defense.x[:256],
-                                evaluator=evaluator)
+                                evaluator=evaluator, provider=config.runtime.provider)
         report["output"] = {"path": str(written.path), "shrunk": written.shrunk,
                             "max_abs_diff": written.max_abs_diff, "bytes_before": written.bytes_before,
                             "bytes_after": written.bytes_after}
@@ -125,10 +128,11 @@ def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
 def _context(lm, nmap, defense, evaluator, config, layout, progress, timer) -> RunContext:
     layout = layout or Preprocess.infer_layout(lm.input_shape)
     torch.manual_seed(config.seed)
-    train, holdout = split_defense(defense, config.decide.holdout, config.seed)
+    searched, check = split_check(defense, config.verify.check_share, config.seed)
+    train, holdout = split_defense(searched, config.decide.holdout, config.seed)
     return RunContext(lm=lm, nmap=nmap, evaluator=evaluator, mirror=TorchMirror(lm, nmap), config=config,
                       defense=defense, train=train, holdout=holdout, layout=layout, axes=spatial_axes(layout),
-                      progress=progress, timer=timer)
+                      progress=progress, timer=timer, check=check)
 
 
 def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, dict]:
@@ -148,10 +152,10 @@ def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, 
         mask = search.mask
         if config.decide.prune_back_tolerance is not None and mask.sum() > 1:
             ctx.progress.stage("giving back pruned groups the probe does not need")
-            mask, pruned_back = prune_back(ctx.evaluator, ctx.defense, search.probes, detection.target, ctx.axes,
+            mask, pruned_back = prune_back(ctx.evaluator, ctx.search_data, search.probes, detection.target, ctx.axes,
                                            config, mask)
             ctx.timer.lap("prune_back")
-    verification = verify(ctx, detection, search, mask, confirm=confirm, act=act)
+    verification = verify(ctx, detection, search, mask, confirm=confirm, act=act, detector=detector, built=built)
     return verification.mask, assemble_report(ctx, detection, built, search, pruned_back, verification)
 
 

@@ -182,14 +182,21 @@ def test_large_models_get_the_lighter_schedule():
     assert large_model_schedule(SanitizeConfig(search=SearchConfig(rounds=1, large_model_rounds=4))).search.rounds == 1
 
 
-def test_sanitize_end_to_end_removes_the_backdoor(tiny_sanitized):
-    """The committed tiny BadNets fixture: ASR must fall far, CA stay within budget, with clean data only."""
+def test_sanitize_end_to_end_prunes_the_backdoor_and_says_so_honestly(tiny_sanitized):
+    """The committed tiny BadNets fixture, clean data only: ASR must fall far; the outcome may be "sanitized" only
+    when the real trigger no longer works, and the final check ran on the 100 defense images set aside."""
+    from onnx_onp.report import gate_exit_code
+    from onnx_onp.report.verdict import NOT_SANITIZED
+
     result, paths = tiny_sanitized
     spec_path, out = TINY.with_suffix(".json"), paths["model"]
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output  # --fail-on never
     report = json.loads(paths["json"].read_text())
     assert report["backdoor_suspected"] and report["trigger_synthesis"]["suspected_target"] == 0
-    assert report["status"] == "sanitized" and report["within_budget"]
+    check = report["final_check"]
+    assert check["images"] == report["defense_data"]["check"] == 100
+    assert report["defense_data"]["train"] + report["defense_data"]["holdout"] == 400
+    assert gate_exit_code(report, "unsanitizable") == (11 if report["status"] in NOT_SANITIZED else 0)
     # Measure the written model on test data the run never saw.
     spec = Spec.load(spec_path)
     lm = load_model(out)
@@ -200,6 +207,8 @@ def test_sanitize_end_to_end_removes_the_backdoor(tiny_sanitized):
                            prepare_triggered(lm, test, spec, spec.preprocess), 0).asr
     after = attack_scores(evaluator, prepare_triggered(lm, test, spec, spec.preprocess), 0).asr
     assert before > 0.9 and after < 0.5, (before, after)
+    if report["status"] == "sanitized":  # the gate's promise
+        assert after < 0.2, after
 
 
 def _loaded(path):
@@ -453,7 +462,8 @@ def test_unconfirmed_weak_suspicion_prunes_nothing(detector):
                             amplification_threshold=-1e9, amplification_min_fraction=0.0,
                             synthesis=SynthesisConfig(steps=20, batch_size=16),
                             amplification=AmplificationConfig(images=30, max_groups=20, factors=(100.0,))),
-        verify=VerifyConfig(confirm_below=1e9), probes=ProbeConfig(refine_triggers=1, refine_steps=20),
+        # No final check (tests/test_verify.py has it): the confirmation alone decides here.
+        verify=VerifyConfig(confirm_below=1e9, check_share=None), probes=ProbeConfig(refine_triggers=1, refine_steps=20),
         search=SearchConfig(rounds=1, train=TrainConfig(steps=2, masks_per_step=4)),
         decide=DecideConfig(prune_back_tolerance=None))
     outcomes = []

@@ -53,7 +53,8 @@ def _onp(lm, nmap, data, *, evaluator=None, config=None) -> DefenseResult:
     in_runtime = evaluator.seconds_in_runtime  # the bench shares one evaluator between defenses
     mask, report = find_backdoor_mask(lm, nmap, data, evaluator, config or SanitizeConfig(), timer=timer)
     keys = ("status", "detector", "trigger_synthesis", "neuron_perturbation", "neuron_amplification",
-            "blend_probe", "noise_probe", "clean_accuracy_holdout", "rounds", "pruned_back", "evaluations", "resume")
+            "blend_probe", "noise_probe", "clean_accuracy_holdout", "rounds", "pruned_back", "evaluations", "resume",
+            "final_check", "defense_data", "within_budget")
     info = {k: report[k] for k in keys if k in report}
     total = sum(timer.phases.values())
     runtime = evaluator.seconds_in_runtime - in_runtime

@@ -19,7 +19,8 @@ def assemble_report(ctx, detection, built, search, pruned_back, verification) ->
         "tool": {"name": "onnx-onp", "version": __version__},
         "model": lm.describe(), "provider": ctx.evaluator.provider, "seed": config.seed,
         "config": config_dict(config),
-        "defense_data": {"samples": len(ctx.defense), "train": len(ctx.train), "holdout": len(ctx.holdout)},
+        "defense_data": {"samples": len(ctx.defense), "train": len(ctx.train), "holdout": len(ctx.holdout),
+                         "check": 0 if ctx.check is None else len(ctx.check)},
         "neuron_map": {k: v for k, v in nmap.summary().items() if k != "layers"},
         "detector": detection.detector,
         "detector_key": detection.report_key,
@@ -54,6 +55,9 @@ def assemble_report(ctx, detection, built, search, pruned_back, verification) ->
     report["prediction_agreement_holdout"] = verification.agreement
     report["warnings"] = list(verification.warnings)
     report["within_budget"] = verification.within_budget
+    if verification.check is not None:
+        report["final_check"] = verification.check
+        report["within_budget"] = verification.check["clean_accuracy"]["within_budget"]
     report["status"] = verification.status
     report["pruned"] = {"groups": int(mask.sum()),
                         "neurons": int(sum(len(nmap.groups[g].neurons) for g in np.flatnonzero(mask))),

@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-from .verdict import STATUS_UNSANITIZABLE, SUSPECTED
+from .verdict import NOT_SANITIZED, STATUS_REMAINS, STATUS_SANITIZED, SUSPECTED
 
 _RED, _BLUE, _GREY = "#d62728", "#6baed6", "#bdbdbd"
 
@@ -244,13 +244,50 @@ def _figure(src: str | None, alt: str, caption: str) -> str:
     return f"<figure><img src='{src}' alt='{_e(alt)}'><figcaption class='muted'>{caption}</figcaption></figure>"
 
 
+def _outcome_text(report: dict) -> str:
+    """What pruning achieved, in the words the outcome allows: "removed" only for a sanitized model."""
+    status, neurons = report["status"], report["pruned"]["neurons"]
+    budget = 100 * report["config"]["decide"]["max_ca_drop"]
+    check = report.get("final_check")
+    if status == STATUS_SANITIZED:
+        checked = (f" On {check['images']} defense images the search never saw, the detected trigger no longer "
+                   f"works and the clean-accuracy drop is at most {100 * check['clean_accuracy']['upper_bound']:.1f} "
+                   f"points ({100 * check['clean_accuracy']['confidence']:.0f}% bound).") if check else ""
+        return (f"onnx-onp removed the {neurons} neurons that carry it while keeping clean accuracy within the budget "
+                f"of {budget:.1f} points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images "
+                f"keep their answer.{checked}")
+    if status == STATUS_REMAINS:
+        return (f"onnx-onp pruned {neurons} neurons, but on defense images the search never saw the detected trigger "
+                f"still works (see the final check below): the backdoor remains and the model should not ship.")
+    if neurons and check:
+        return (f"The {neurons} neurons that carry it cannot be pruned within the clean-accuracy budget of "
+                f"{budget:.1f} points on images the search never saw (upper bound "
+                f"{100 * check['clean_accuracy']['upper_bound']:.1f} points): the model should not ship.")
+    return "No pruning within the clean-accuracy budget removed it: the model should not ship."
+
+
+def _final_check_section(check: dict) -> str:
+    ca = check["clean_accuracy"]
+    rows = [(_e(item["source"]), _e(("found" if item["found"] else "not found")
+                                    + ("" if item["decisive"] else " (recorded, does not decide)")
+                                    + (f"; ASR {_pct(item['asr_before'])} → {_pct(item['asr_after'])}"
+                                       if "asr_after" in item else "")))
+            for item in check["residual_evidence"]]
+    rows.append(("Clean accuracy", _e(f"{_pct(ca['before'])} → {_pct(ca['after'])}; drop {100 * ca['drop']:.1f} points, "
+                                   f"upper bound {100 * ca['upper_bound']:.1f} at {100 * ca['confidence']:.0f}% "
+                                   f"(budget {100 * ca['budget']:.1f}; {ca['broken']} images broken, {ca['fixed']} "
+                                   f"fixed)")))
+    return (f"<h2>Final check</h2><p>On {check['images']} defense images that neither the search nor the decision "
+            f"used: does the backdoor still work, and what does the pruning cost?</p>" + _table(rows))
+
+
 def render_html(report: dict) -> str:
     """The whole page as a string."""
     v = report["verdict"]
     suspected = v["verdict"] == SUSPECTED
     model = report["model"]
     status = report["status"]
-    css_class = "bad" if suspected and status == STATUS_UNSANITIZABLE else "warn" if suspected else "good"
+    css_class = "bad" if suspected and status in NOT_SANITIZED else "warn" if suspected else "good"
     ca = report["clean_accuracy_holdout"]
     audit = report.get("audit") or {}
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -287,14 +324,7 @@ def render_html(report: dict) -> str:
             f"{v['suspected_target']}, against a median of {_pct(v['others_median_perturbation_share'])} for "
             f"the other classes. Backdoors whose trigger is not a patch (warps, image-wide signals) leave such a "
             f"shortcut inside the network. ")
-        if report["pruned"]["neurons"]:
-            parts.append(
-                f"onnx-onp removed the {report['pruned']['neurons']} neurons the shortcut runs through while "
-                f"keeping clean accuracy within the budget of {100 * report['config']['decide']['max_ca_drop']:.1f} "
-                f"points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their "
-                f"answer.")
-        else:
-            parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
+        parts.append(_outcome_text(report))
     elif suspected and v.get("detector") == "neuron amplification":
         parts.append(
             f"No class can be reached with an unusually small input patch or neuron perturbation, but amplifying "
@@ -303,28 +333,14 @@ def render_html(report: dict) -> str:
             f"median of {v['others_median_amplification_count']:g} for the other classes. A backdoor target pulls "
             f"strong signals towards itself this way; it is how the image-wide SIG trigger was found in the "
             f"benchmark. ")
-        if report["pruned"]["neurons"]:
-            parts.append(
-                f"onnx-onp removed {report['pruned']['neurons']} neurons that respond to that class's synthesized "
-                f"trigger while keeping clean accuracy within the budget of "
-                f"{100 * report['config']['decide']['max_ca_drop']:.1f} points; "
-                f"{_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their answer.")
-        else:
-            parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
+        parts.append(_outcome_text(report))
     elif suspected:
         parts.append(
             f"Among the {len(report['trigger_synthesis']['mask_l1_per_class'])} classes, class "
             f"{v['suspected_target']} can be reached from clean images with an unusually small input pattern "
             f"(size {v['target_trigger_l1']} against a median of {v['others_median_trigger_l1']} for the other "
             f"classes). Hidden backdoors create exactly such shortcuts. ")
-        if report["pruned"]["neurons"]:
-            parts.append(
-                f"onnx-onp removed the {report['pruned']['neurons']} neurons that respond to the shortcut while "
-                f"keeping clean accuracy within the budget of {100 * report['config']['decide']['max_ca_drop']:.1f} "
-                f"points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images keep their "
-                f"answer.")
-        else:
-            parts.append("No pruning within the clean-accuracy budget removed it: the model should not ship.")
+        parts.append(_outcome_text(report))
     else:
         parts.append("No class stands out: no reverse-engineered trigger is unusually small"
                      + (", no small neuron perturbation sends the images of other classes to one class"
@@ -334,6 +350,8 @@ def render_html(report: dict) -> str:
                      + ", so there is no backdoor evidence and nothing was changed. This is evidence, not proof: "
                        "a trigger may escape every test.")
     parts.append(f"</p><p class='muted'>Rule: {_e(v['rule'])}.</p>")
+    if report.get("final_check"):
+        parts.append(_final_check_section(report["final_check"]))
     if "attack_success_rate" not in audit:
         parts.append("<p class='muted'>No poisoned data or trigger spec was given, so the real attack success "
                      "rate is not measured here (<code>--spec</code> or <code>--poisoned-data</code> add it).</p>")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.12"
+SCHEMA_VERSION = "1.13"
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -58,7 +58,23 @@ REPORT_SCHEMA = {
                            "prediction_agreement_holdout": {"type": ["number", "null"]}}},
         "status": {"enum": ["no backdoor evidence: nothing pruned", "sanitized",
                             "cannot sanitize within the clean-accuracy budget",
-                            "detection only: nothing pruned"]},
+                            "detection only: nothing pruned", "backdoor remains"]},
+        "final_check": {
+            "type": "object", "description": "the verify stage's check on defense images the search never saw",
+            "required": ["images", "backdoor_remains", "residual_evidence", "clean_accuracy"],
+            "properties": {
+                "images": {"type": "integer", "minimum": 0},
+                "backdoor_remains": {"type": "boolean"},
+                "residual_evidence": {"type": "array", "items": {
+                    "type": "object", "required": ["source", "decisive", "found"],
+                    "properties": {"source": {"type": "string"}, "decisive": {"type": "boolean"},
+                                   "found": {"type": "boolean"}}}},
+                "clean_accuracy": {
+                    "type": "object",
+                    "required": ["images", "before", "after", "drop", "upper_bound", "confidence", "budget",
+                                 "within_budget"],
+                    "properties": {"before": _share, "after": _share, "drop": _number, "upper_bound": _number,
+                                   "confidence": _share, "budget": _number, "within_budget": {"type": "boolean"}}}}},
         "backdoor_suspected": {"type": "boolean"},
         "exit_code": {"type": "integer", "description": "what the command exited with (README, Exit codes)"},
         "fail_on": {"enum": ["suspected", "unsanitizable", "never"]},

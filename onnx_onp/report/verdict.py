@@ -38,7 +38,11 @@ STATUS_CLEAN = "no backdoor evidence: nothing pruned"
 STATUS_SANITIZED = "sanitized"
 STATUS_UNSANITIZABLE = "cannot sanitize within the clean-accuracy budget"
 STATUS_DETECT_ONLY = "detection only: nothing pruned"
-STATUSES = (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, STATUS_DETECT_ONLY)
+# The pruning was chosen, but on images the search never saw the detected trigger still works: never "sanitized".
+STATUS_REMAINS = "backdoor remains"
+STATUSES = (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, STATUS_DETECT_ONLY, STATUS_REMAINS)
+# Outcomes whose model is not written unless the caller asks for it (--fail-on never).
+NOT_SANITIZED = (STATUS_UNSANITIZABLE, STATUS_REMAINS)
 
 FAIL_ON = ("suspected", "unsanitizable", "never")
 
@@ -115,14 +119,14 @@ def verdict_of(report: dict) -> dict:
 def gate_exit_code(report: dict, fail_on: str) -> int:
     """0, GATE_SUSPECTED (10) or GATE_UNSANITIZABLE (11) for ``--fail-on suspected|unsanitizable|never``.
 
-    ``unsanitizable`` fails only when a suspected backdoor could not be pruned within the budget;
-    ``suspected`` fails on any suspicion (with the more specific 11 when it also could not be pruned).
+    ``unsanitizable`` fails when a suspected backdoor could not be pruned within the budget or still works after
+    pruning (``backdoor remains``); ``suspected`` fails on any suspicion (with the more specific 11 for those).
     """
     if fail_on not in FAIL_ON:
         raise ValueError(f"fail_on must be one of {FAIL_ON}, not {fail_on!r}")
     if fail_on == "never":
         return 0
-    if report["status"] == STATUS_UNSANITIZABLE:
+    if report["status"] in NOT_SANITIZED:
         return GATE_UNSANITIZABLE
     if fail_on == "suspected" and report["verdict"]["verdict"] == SUSPECTED:
         return GATE_SUSPECTED

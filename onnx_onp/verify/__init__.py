@@ -3,17 +3,33 @@
 Weak evidence (``Detector.needs_confirmation``) is confirmed here: a backdoor is a shortcut a few neurons carry,
 so the pruning search must take most of its probe's held-out success away; if it does not, there was no
 backdoor and nothing is pruned.
+
+A mask that would sanitize is then checked on the *check set*: defense images that neither the search, the
+decision nor the prune-back ever saw (``VerifyConfig.check_share`` of them, cut off before anything else runs).
+
+- Residual evidence: the search's first probes (the detected trigger, refined) stamped on check images, and the
+  deciding detector looking again on them. A probe whose success pruning does not at least halve means the
+  backdoor still works: the outcome is ``backdoor remains`` (exit 11), never ``sanitized``.
+- The clean-accuracy budget: a one-sided upper confidence bound on the paired accuracy drop over the check images
+  (each image counts +1 when pruning breaks it, -1 when it fixes it) must be within ``--max-ca-drop``; a raw count
+  on the data that chose the mask is optimistic by construction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from statistics import NormalDist
 
 import numpy as np
+import torch
 
 from ..detect import synthesis_result
-from ..probes import probe_env
-from ..report.verdict import STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_SANITIZED, STATUS_UNSANITIZABLE
+from ..probes import probe_env, probe_items
+from ..report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_REMAINS, STATUS_SANITIZED,
+                              STATUS_UNSANITIZABLE)
+
+# The rechecks' seed offset: the search's rounds use 100 + round, so the check's synthesis is a fresh one.
+CHECK_ROUND = 1000
 
 
 @dataclass
@@ -25,6 +41,17 @@ class VerifyConfig:
     confirm_below: float = 3.0
     confirm_ratio: float | None = 0.5
     min_defense_accuracy: float = 0.5  # below it the report warns: wrong preprocessing or labels, most likely
+    # Share of the defense data set aside, before anything else runs, for the final check (None or 0: no check,
+    # the pre-verification behaviour).
+    check_share: float | None = 0.2
+    # The backdoor remains when the search's first probes, on check images, still reach at least this share of
+    # their success before pruning (and that success was at least residual_min_asr). On the development models
+    # a sanitized mask left at most 0.45 of it, the three that kept their backdoor 0.7-0.9.
+    residual_ratio: float = 0.5
+    residual_min_asr: float = 0.5
+    # The budget holds when the one-sided upper bound, at this confidence, on the check set's accuracy drop is
+    # within max_ca_drop.
+    ca_confidence: float = 0.8
 
 
 @dataclass
@@ -38,6 +65,7 @@ class Verification:
     within_budget: bool
     confirmation: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    check: dict | None = None  # the final check's section of the report (None: no check ran)
 
 
 def shortcut_confirmed(probe_asr_before: float, probe_asr_after: float, pruned_any: bool, max_ratio: float) -> bool:
@@ -45,7 +73,8 @@ def shortcut_confirmed(probe_asr_before: float, probe_asr_after: float, pruned_a
     return pruned_any and probe_asr_before > 0 and probe_asr_after <= max_ratio * probe_asr_before
 
 
-def verify(ctx, detection, search, mask: np.ndarray, *, confirm: bool, act: bool) -> Verification:
+def verify(ctx, detection, search, mask: np.ndarray, *, confirm: bool, act: bool, detector=None,
+           built=None) -> Verification:
     config, nmap = ctx.config, ctx.nmap
     if search is None:
         probe = detection.result.best if detection.probe_kind == "perturbation" else \
@@ -71,25 +100,101 @@ def verify(ctx, detection, search, mask: np.ndarray, *, confirm: bool, act: bool
         if not confirmed or not config.prune:
             mask = nmap.empty_mask()
             after = hold_env.score(mask[None])[0]
-    # How much pruning changes the model's answers on clean images: a sanitizer should change few.
-    before_labels = ctx.evaluator.logits(ctx.holdout.x).argmax(axis=1)
-    after_labels = ctx.evaluator.logits(ctx.holdout.x, mask).argmax(axis=1)
-    agreement = round(float((before_labels == after_labels).mean()), 4) if len(before_labels) else 1.0
+    agreement = _agreement(ctx.evaluator, ctx.holdout.x, mask)
+    warnings = _warnings(ctx, detection, hold_env, after, act and bool(mask.any()))
+    status = (STATUS_CLEAN if not (suspected or config.force) else
+              STATUS_DETECT_ONLY if not config.prune else
+              STATUS_SANITIZED if mask.any() else STATUS_UNSANITIZABLE)
+    check = None
+    if status == STATUS_SANITIZED and search is not None and len(ctx.check):
+        check = final_check(ctx, detection, detector, search, built, mask)
+        status = STATUS_REMAINS if check["backdoor_remains"] else \
+            STATUS_SANITIZED if check["clean_accuracy"]["within_budget"] else STATUS_UNSANITIZABLE
+    return Verification(mask=mask, suspected=bool(suspected), status=status,
+                        holdout_ca=(hold_env.ca0, after.ca), holdout_probe_asr=(hold_env.asr0, after.asr),
+                        agreement=agreement, within_budget=bool(hold_env.ca0 - after.ca <= config.max_ca_drop + 1e-9),
+                        confirmation=confirmation, warnings=warnings, check=check)
+
+
+def _agreement(evaluator, x: np.ndarray, mask: np.ndarray) -> float:
+    """How much pruning changes the model's answers on clean images: a sanitizer should change few."""
+    if not len(x):
+        return 1.0
+    before, after = evaluator.logits(x).argmax(axis=1), evaluator.logits(x, mask).argmax(axis=1)
+    return round(float((before == after).mean()), 4)
+
+
+def _warnings(ctx, detection, hold_env, after, pruned: bool) -> list[str]:
     warnings = []
-    if hold_env.ca0 < config.verify.min_defense_accuracy:
+    if hold_env.ca0 < ctx.config.verify.min_defense_accuracy:
         warnings.append(
             f"the model classifies only {100 * hold_env.ca0:.1f}% of the held-out defense data correctly: check the "
             f"preprocessing (--preprocess or --spec) and the labels; a verdict on data the model cannot read means "
             f"little")
-    if act and mask.any() and hold_env.asr0 >= 0.5 and after.asr >= 0.8 * hold_env.asr0:
+    if pruned and hold_env.asr0 >= 0.5 and after.asr >= 0.8 * hold_env.asr0:
         warnings.append(
             f"after pruning, the synthesized trigger still sends {100 * after.asr:.1f}% of held-out images to "
             f"class {detection.target} ({100 * hold_env.asr0:.1f}% before): the backdoor is probably still in the "
-            f"model; measure it with --spec or --poisoned-data before shipping")
-    status = (STATUS_CLEAN if not (suspected or config.force) else
-              STATUS_DETECT_ONLY if not config.prune else
-              STATUS_SANITIZED if mask.any() else STATUS_UNSANITIZABLE)
-    return Verification(mask=mask, suspected=bool(suspected), status=status,
-                        holdout_ca=(hold_env.ca0, after.ca), holdout_probe_asr=(hold_env.asr0, after.asr),
-                        agreement=agreement, within_budget=bool(hold_env.ca0 - after.ca <= config.max_ca_drop + 1e-9),
-                        confirmation=confirmation, warnings=warnings)
+            f"model")
+    return warnings
+
+
+def final_check(ctx, detection, detector, search, built, mask: np.ndarray) -> dict:
+    """Residual backdoor evidence and the clean-accuracy bound, on check images nothing before has seen."""
+    config = ctx.config.verify
+    ctx.progress.stage("final check on defense images the search never saw")
+    residual = [_probes_again(ctx, detection, built, mask)]
+    if detector is not None:
+        residual.append(_detector_again(ctx, detection, detector, mask))
+    ca = check_accuracy(ctx.evaluator, ctx.check, mask, budget=ctx.config.max_ca_drop,
+                        confidence=config.ca_confidence)
+    remains = any(item["found"] and item["decisive"] for item in residual)
+    ctx.progress.note(f"final check on {len(ctx.check)} images: backdoor "
+                      f"{'still works' if remains else 'not found'}; clean-accuracy drop {100 * ca['drop']:.1f} points "
+                      f"(upper bound {100 * ca['upper_bound']:.1f}, budget {100 * ca['budget']:.1f})")
+    ctx.timer.lap("final_check")
+    return {"images": len(ctx.check), "backdoor_remains": remains, "residual_evidence": residual,
+            "clean_accuracy": ca}
+
+
+def _probes_again(ctx, detection, built, mask: np.ndarray) -> dict:
+    """The detected trigger (the search's first probes) on check images: does pruning take its success away?"""
+    config = ctx.config
+    env = probe_env(ctx.evaluator, ctx.check, probe_items(built), detection.target, ctx.axes, config.search.reward,
+                    max_stamped=config.probes.max_stamped, seed=ctx.seed + CHECK_ROUND)
+    after = env.score(mask[None])[0].asr
+    before = env.asr0
+    found = bool(before >= config.verify.residual_min_asr and after >= config.verify.residual_ratio * before)
+    return {"source": "the detected trigger's probes on check images", "decisive": True, "found": found,
+            "asr_before": round(float(before), 4), "asr_after": round(float(after), 4),
+            "rule": f"found when ASR before >= {config.verify.residual_min_asr} and after >= "
+                    f"{config.verify.residual_ratio} x before"}
+
+
+def _detector_again(ctx, detection, detector, mask: np.ndarray) -> dict:
+    """The deciding detector searches the pruned model for the backdoor again, fitted on the check images only.
+
+    Only the perturbation detector's answer decides: a re-synthesized trigger is found in pruned development
+    models whose real trigger no longer works (a class made easy to reach is not a backdoor), so trigger
+    re-synthesis is recorded as evidence for a reader, not used as the outcome."""
+    keep = torch.from_numpy((~mask).astype(np.float32))
+    again = detector.recheck(replace(ctx, train=ctx.check), detection, keep, CHECK_ROUND)
+    return {"source": f"{detection.detector}, again on check images", "decisive": detection.probe_kind ==
+            "perturbation", "found": bool(again.found), **again.record}
+
+
+def check_accuracy(evaluator, check, mask: np.ndarray, *, budget: float, confidence: float) -> dict:
+    """The accuracy drop on the check images and its one-sided upper confidence bound (paired: each image is
+    +1 when pruning breaks it, -1 when it fixes it). One broken image is added to the variance so that a check
+    with no changed answer still has a margin (a few hundred images cannot show a drop of exactly zero)."""
+    right_before = evaluator.logits(check.x).argmax(axis=1) == check.y
+    right_after = evaluator.logits(check.x, mask).argmax(axis=1) == check.y
+    diff = right_before.astype(float) - right_after.astype(float)
+    n = len(diff)
+    drop = float(diff.mean())
+    variance = max(float((diff ** 2).sum() + 1) / n - drop ** 2, 0.0)
+    upper = drop + NormalDist().inv_cdf(confidence) * (variance / n) ** 0.5
+    return {"images": n, "before": round(float(right_before.mean()), 4), "after": round(float(right_after.mean()), 4),
+            "drop": round(drop, 4), "upper_bound": round(upper, 4), "confidence": confidence, "budget": budget,
+            "broken": int((diff > 0).sum()), "fixed": int((diff < 0).sum()),
+            "within_budget": bool(upper <= budget + 1e-9)}

@@ -1,0 +1,136 @@
+"""The verify stage's final check: a check set nothing else sees, the clean-accuracy bound, and the outcome
+"backdoor remains" when the detected trigger still works after pruning."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from onnx_onp.context import split_check, split_defense
+from onnx_onp.data import Spec, load_dataset
+from onnx_onp.metrics import Prepared
+from onnx_onp.report import STATUS_REMAINS, gate_exit_code
+from onnx_onp.verify import check_accuracy
+
+from .conftest import DATA, FIXTURES, need
+
+TINY = FIXTURES / "models" / "tiny_badnet_cifar10"
+
+
+def _prepared(n: int) -> Prepared:
+    # Each image's first pixel is its index: which image went where can be read back.
+    x = np.zeros((n, 3, 4, 4), np.float32)
+    x[:, 0, 0, 0] = np.arange(n)
+    return Prepared(x, np.arange(n) % 10)
+
+
+def _ids(part: Prepared) -> set:
+    return set(part.x[:, 0, 0, 0].astype(int).tolist())
+
+
+def test_the_check_set_is_disjoint_seeded_and_independent_of_the_search_split():
+    data = _prepared(500)
+    searched, check = split_check(data, 0.2, seed=0)
+    train, holdout = split_defense(searched, 0.3, seed=0)
+    assert len(check) == 100 and len(train) + len(holdout) == 400
+    assert not (_ids(check) & _ids(train)) and not (_ids(check) & _ids(holdout))
+    assert _ids(check) | _ids(train) | _ids(holdout) == set(range(500))
+    assert _ids(split_check(data, 0.2, seed=0)[1]) == _ids(check)  # repeatable
+    assert _ids(split_check(data, 0.2, seed=1)[1]) != _ids(check)
+    assert len(split_check(data, None, seed=0)[1]) == 0
+
+
+class _Fixed:
+    """An evaluator whose predictions before and after pruning are given."""
+
+    def __init__(self, before, after):
+        self.before, self.after = np.asarray(before), np.asarray(after)
+
+    def logits(self, x, mask=None):
+        labels = self.before if mask is None else self.after
+        return np.eye(10)[labels]
+
+
+def test_the_accuracy_bound_is_paired_and_one_sided():
+    y = np.zeros(100, int)
+    check = Prepared(np.zeros((100, 1)), y)
+    same = check_accuracy(_Fixed(y, y), check, np.ones(1, bool), budget=0.02, confidence=0.8)
+    # No answer changed: drop 0, but a hundred images still leave a margin (one broken image's variance).
+    assert same["drop"] == 0 and 0 < same["upper_bound"] < 0.02 and same["within_budget"]
+    broken = y.copy()
+    broken[:2] = 1  # two images broken, none fixed: 2 points observed, the bound above the 2-point budget
+    two = check_accuracy(_Fixed(y, broken), check, np.ones(1, bool), budget=0.02, confidence=0.8)
+    assert two["drop"] == 0.02 and two["upper_bound"] > 0.02 and not two["within_budget"]
+    assert two["broken"] == 2 and two["fixed"] == 0
+    # Churn that cancels out: the drop is 0, the bound wider than with no churn.
+    churn_before, churn_after = y.copy(), y.copy()
+    churn_before[:5], churn_after[5:10] = 1, 1
+    churn = check_accuracy(_Fixed(churn_before, churn_after), check, np.ones(1, bool), budget=0.02, confidence=0.8)
+    assert churn["drop"] == 0 and churn["upper_bound"] > same["upper_bound"]
+    looser = check_accuracy(_Fixed(churn_before, churn_after), check, np.ones(1, bool), budget=0.02, confidence=0.5)
+    assert looser["upper_bound"] == pytest.approx(0.0)
+
+
+def test_gate_fails_when_the_backdoor_remains():
+    report = {"status": STATUS_REMAINS, "verdict": {"verdict": "backdoor suspected"}}
+    assert gate_exit_code(report, "unsanitizable") == 11 and gate_exit_code(report, "suspected") == 11
+    assert gate_exit_code(report, "never") == 0
+
+
+def _small_config():
+    from onnx_onp.config import SanitizeConfig
+    from onnx_onp.decide import DecideConfig
+    from onnx_onp.probes import ProbeConfig
+    from onnx_onp.search import SearchConfig
+    from onnx_onp.agent import TrainConfig
+    from onnx_onp.detect import DetectConfig
+    from onnx_onp.signals.synthesis import SynthesisConfig
+
+    # force: prune whatever the (shortened) synthesis says; the target is still its smallest trigger's class.
+    return SanitizeConfig(force=True, detect=DetectConfig(perturbation_scan=False, amplification_scan=False,
+                                              synthesis=SynthesisConfig(steps=30, batch_size=16)),
+                          probes=ProbeConfig(refine_triggers=1, refine_steps=30),
+                          search=SearchConfig(rounds=1, train=TrainConfig(steps=3, masks_per_step=4)),
+                          decide=DecideConfig(prune_back_tolerance=None))
+
+
+def test_a_mask_that_leaves_the_trigger_working_is_backdoor_remains(monkeypatch, tmp_path):
+    """The real search runs; its mask is then swapped for one group it did not choose, which leaves the trigger
+    working. The outcome must be "backdoor remains": no model written unless asked (--fail-on never)."""
+    import onnx_onp.sanitize as pipeline
+
+    real_search = pipeline.run_search
+
+    def one_wrong_group(ctx, detection, detector, built):
+        result = real_search(ctx, detection, detector, built)
+        wrong = ctx.nmap.empty_mask()
+        wrong[np.flatnonzero(ctx.nmap.prunable & ~result.mask)[-1]] = True
+        return replace(result, mask=wrong)
+
+    monkeypatch.setattr(pipeline, "run_search", one_wrong_group)
+    spec = Spec.load(TINY.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=300, seed=0)
+    out = tmp_path / "clean.onnx"
+    result = pipeline.sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, out, config=_small_config())
+    report = result.report
+    assert report["status"] == STATUS_REMAINS and report["final_check"]["backdoor_remains"]
+    probes = report["final_check"]["residual_evidence"][0]
+    assert probes["decisive"] and probes["found"] and probes["asr_after"] >= 0.5 * probes["asr_before"]
+    assert not out.exists() and "output" not in report
+    written = pipeline.sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, out, config=_small_config(),
+                                write_unsanitized=True).report
+    assert written["status"] == STATUS_REMAINS and out.exists()
+
+
+def test_the_audit_data_never_changes_the_mask():
+    """--spec/--test-data only measure: the same run with and without the audit hook prunes the same neurons."""
+    from onnx_onp.sanitize import sanitize
+
+    spec = Spec.load(TINY.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=300, seed=0)
+    plain = sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=_small_config())
+    audited = sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=_small_config(),
+                       audit=lambda evaluator, mask: {"looked": int(mask.sum())})
+    assert np.array_equal(plain.mask, audited.mask) and audited.report["audit"]["looked"] == int(plain.mask.sum())
