@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +17,11 @@ FIXTURES = REPO / "fixtures"
 
 
 def need(path: Path) -> Path:
+    """The shared data or model at path; skips the test where it is missing, fails it under ONP_REQUIRE_DATA=1
+    (CI sets it: a suite that skipped every data test would otherwise pass)."""
     if not path.exists():
+        if os.environ.get("ONP_REQUIRE_DATA") == "1":
+            pytest.fail(f"{path} is missing and ONP_REQUIRE_DATA=1 (the tests need ../shared next to the checkout)")
         pytest.skip(f"{path} is not available on this machine")
     return path
 

@@ -24,6 +24,8 @@ from onnx_onp.data import (
 )
 from onnx_onp.errors import DataError
 
+from .conftest import need
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_SPECS = sorted((SHARED / "real_models").glob("*.json"))
 
@@ -454,9 +456,10 @@ def test_trigger_errors(d, message):
 # ----- specs and poisoning -------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not REAL_SPECS, reason="shared/real_models not available")
-@pytest.mark.parametrize("path", REAL_SPECS, ids=lambda p: p.stem)
+# Where shared/real_models is missing, one case that need() skips, or fails under ONP_REQUIRE_DATA=1.
+@pytest.mark.parametrize("path", REAL_SPECS or [SHARED / "real_models" / "any.json"], ids=lambda p: p.stem)
 def test_real_specs_load_and_round_trip(path, tmp_path):
+    need(path)
     spec = Spec.load(path)
     raw = json.loads(path.read_text())
     assert spec.name == path.stem
@@ -514,14 +517,23 @@ def test_poison_drops_target_and_keeps_true_labels():
 # ----- real data -----------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "mnist_test.npz").exists(), reason="shared/data not available")
 def test_real_mnist_and_gtsrb():
-    mnist = load_dataset(SHARED / "data" / "mnist_test.npz", limit=200, seed=0)
+    mnist = load_dataset(need(SHARED / "data" / "mnist_test.npz"), limit=200, seed=0)
     assert mnist.x.shape == (200, 28, 28, 1) and mnist.y.dtype == np.int64
     check_labels(mnist, 10)
     Preprocess(mean=(0.5,), std=(0.5,)).fit_to_input(mnist.x.shape, ["N", 1, 28, 28])
-    gtsrb = SHARED / "data" / "gtsrb_test.npz"
-    if gtsrb.exists():
-        train, test = load_dataset(gtsrb).split(10_000, seed=0)
-        assert (len(train), len(test)) == (10_000, 2_630)
-        check_labels(train, 43)
+    train, test = load_dataset(need(SHARED / "data" / "gtsrb_test.npz")).split(10_000, seed=0)
+    assert (len(train), len(test)) == (10_000, 2_630)
+    check_labels(train, 43)
+
+
+def test_missing_shared_data_skips_locally_and_fails_when_required(monkeypatch, tmp_path):
+    """CI sets ONP_REQUIRE_DATA=1: a missing ../shared must fail the suite there, not skip every data test."""
+    missing = tmp_path / "absent.npz"
+    monkeypatch.delenv("ONP_REQUIRE_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        need(missing)
+    monkeypatch.setenv("ONP_REQUIRE_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match="ONP_REQUIRE_DATA"):
+        need(missing)
+    assert need(tmp_path) == tmp_path

@@ -8,13 +8,13 @@ import io
 import json
 import os
 import shutil
-import time
 
 import jsonschema
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import onnx_onp.sanitize as sanitize_module
 from onnx_onp.errors import GATE_SUSPECTED, GATE_UNSANITIZABLE
 from onnx_onp.progress import Silent, TerminalProgress, for_terminal
 from onnx_onp.report import (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, gate_exit_code,
@@ -114,7 +114,7 @@ def test_audit_passes_a_clean_real_model_with_exit_0(tmp_path):
     assert "Verdict: no backdoor evidence" in page and page.count("<img") == 3
 
 
-def test_gate_commands_reject_bad_input_with_their_exit_codes(tmp_path):
+def test_gate_commands_reject_bad_input_with_their_exit_codes(tmp_path, monkeypatch):
     """Bad input is never mistaken for a verdict: its own code, one line, no report left behind."""
     not_onnx = tmp_path / "model.onnx"
     not_onnx.write_bytes(b"this is not a protobuf")
@@ -127,11 +127,11 @@ def test_gate_commands_reject_bad_input_with_their_exit_codes(tmp_path):
                "--poisoned-data", wrong_shape, "--target", 0], 6),
              (["audit", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_test.npz"),
                "--poisoned-data", need(DATA / "cifar10_test.npz"), "--target", 10], 6)]
+    # Bad input must fail before the analysis runs: the pipeline's stages are never entered.
+    monkeypatch.setattr(sanitize_module, "run_stages", lambda *a, **k: pytest.fail("the analysis ran on bad input"))
     for args, code in cases:
-        start = time.perf_counter()
         result = _run(args + ["--report", tmp_path / "r.json", "-q"])
         assert result.exit_code == code, (args, result.output)
-        assert time.perf_counter() - start < 30, "bad input must fail before the analysis runs"
         assert result.output.startswith("error: ") and result.output.count("\n") == 1, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist_like.npz", "model.onnx"]
 

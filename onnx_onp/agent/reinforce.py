@@ -108,7 +108,7 @@ class TrainConfig:
     entropy_weight: float = 0.001
     # "reinforce": one policy-gradient step per batch of masks. "ppo": ppo_epochs clipped steps on each batch
     # (the same onnxruntime rewards reused: rewards are the cost, the GNN passes are cheap). Compared in
-    # BENCHMARKS.md ("The agent").
+    # docs/method.md ("What the measurements say").
     algorithm: str = "reinforce"
     ppo_epochs: int = 4
     ppo_clip: float = 0.2

@@ -103,7 +103,7 @@ def signal_walk_masks(env: RewardEnv, nmap, signals, *, max_drop: float, names=(
 
     A signal's top-k is often almost right: on the width-32 ResNet-18 the top 24 groups by activation shift take the
     real ASR to 9.9%, at 2.4 points of CA, most of which come from one or two groups among them
-    (benchmarks/signal_ranking.py). Walking the ranking (in-layer z-score, as signal_masks), a group joins the mask
+    (experiments/signal_ranking.py). Walking the ranking (in-layer z-score, as signal_masks), a group joins the mask
     when the mask's clean accuracy on ``env`` stays within ``max_drop`` of the unpruned model's and the probe's ASR
     does not rise; the mask after 1, 2, 3, 4, 6, 8, ... joined groups is a candidate. The walk stops at
     ``max_groups`` groups looked at, or once the probe's ASR is at most ``stop_asr``. One evaluation per group.

@@ -29,7 +29,7 @@ from onnx import helper
 from ..runtime import make_session
 
 MASK_INPUT = "onp_mask"  # the instrumented model's extra input: a keep-value per sample and group
-SUFFIX_ARENA = False  # onnxruntime's memory arena for the level sessions (benchmarks/resume_memory.py)
+SUFFIX_ARENA = False  # onnxruntime's memory arena for the level sessions (experiments/resume_memory.py)
 REFERENCE_ROWS = 512  # images per scored array the memory plan allows for (the prune-back scores 500 clean ones)
 
 
@@ -179,7 +179,7 @@ class ResumeCache:
         for name in extra_outputs:
             graph.output.append(onnx.ValueInfoProto(name=name))
         # No memory arena: each of the many sessions would keep its largest run's activations for good
-        # (benchmarks/resume_memory.py measures both ways).
+        # (experiments/resume_memory.py measures both ways).
         session, _ = make_session(model, self.provider, what="resumable model", arena=SUFFIX_ARENA)
         return session
 

@@ -3,8 +3,8 @@
 A backdoor planted with a random-noise blend (the Blended attack's usual trigger) is not tied to its one
 pattern: the model learns "noise at this strength means the target". Measured on the Blended ResNet-18
 fixture (alpha 0.2): five fresh uniform-noise patterns at alpha 0.2 send 100% of other classes' defense
-images to the target; on its clean twin and on the BadNets model 0-2% (BENCHMARKS.md, the noise-probe
-table). Nothing is optimised, so it cannot overfit the pruned model the way a synthesized trigger re-found
+images to the target; on its clean twin and on the BadNets model 0-2% (experiments/noise_probe_scan.py; docs/method.md,
+the probes). Nothing is optimised, so it cannot overfit the pruned model the way a synthesized trigger re-found
 after every round does: its ASR falls only when the noise shortcut itself is pruned.
 """
 

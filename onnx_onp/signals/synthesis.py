@@ -173,8 +173,8 @@ def synthesize_blend(mirror: TorchMirror, x: np.ndarray, y: np.ndarray, target: 
     small-mask synthesis above only approximates by a patch.
 
     It is the mask-and-pattern trigger with the mask fixed at ``alpha`` everywhere, so it stamps images like any
-    other candidate. Per class, on the Blended ResNet-18 and its clean twin: `python -m benchmarks.blend_probe_scan`
-    (BENCHMARKS.md). ``success`` is measured on up to 256 images of other classes after the optimisation.
+    other candidate. Per class, on the Blended ResNet-18 and its clean twin: `python -m experiments.blend_probe_scan`
+    (experiments/README.md). ``success`` is measured on up to 256 images of other classes after the optimisation.
     """
     generator = torch.Generator().manual_seed(config.seed)
     xt = torch.from_numpy(x)

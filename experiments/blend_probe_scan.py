@@ -1,7 +1,7 @@
 """The blend probe towards every class, not only the suspect: how often a whole-image pattern blended in at a
 small alpha sends other classes' clean images to each class (analysis for the choice of alpha 0.05).
 
-    python -m benchmarks.blend_probe_scan resnet18_blended_cifar10 --alphas 0.05,0.1
+    python -m experiments.blend_probe_scan resnet18_blended_cifar10 --alphas 0.05,0.1
 
 Per class: the share of up to 256 other-class defense images (of the bench's 500, seed 0) the optimised pattern sends
 there, from the torch mirror. A backdoor's target is reached by far more of them than the others at an alpha where

@@ -1,7 +1,7 @@
 """Does the RNP finding (design.md §3, "Unlearning") rank a model's backdoor groups? An analysis with the
 attack's real trigger, which sanitize never sees.
 
-    python -m benchmarks.unlearning_probe resnet18_blended_cifar10 --sizes 2,4,6,8,10,12,16
+    python -m experiments.unlearning_probe resnet18_blended_cifar10 --sizes 2,4,6,8,10,12,16
 
 On the benchmark's 350 training images of the 500 defense images (the split sanitize uses):
 
@@ -9,7 +9,7 @@ On the benchmark's 350 training images of the 500 defense images (the split sani
    until its clean accuracy falls below --stop-accuracy;
 2. recover: learn one keep-value in [0, 1] per group on the unlearned copy, minimizing the clean loss;
 3. rank the groups by how far recovery closed them (lowest keep-value first) and prune the top-k of the
-   original model: real ASR and test CA on --test-limit seeded test images, as benchmarks/signal_ranking.py.
+   original model: real ASR and test CA on --test-limit seeded test images, as experiments/signal_ranking.py.
 
 It prints where the unlearned copy's predictions go (RNP's finding is that they collapse onto the target).
 """
@@ -23,14 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.additive_probe import probe_inputs
+from experiments.additive_probe import probe_inputs
 from onnx_onp.bench import DataSplits
 from onnx_onp.decide.choose import layer_zscores
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.mirror import TorchMirror
 from onnx_onp.neuron_map import build_neuron_map
-from onnx_onp.sanitize import SanitizeConfig, _split
+from onnx_onp.config import SanitizeConfig
+from onnx_onp.context import split_defense
 
 WEIGHT_INPUTS = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1,), "BatchNormalization": (1, 2)}
 
@@ -107,7 +108,7 @@ def main(argv=None):
     start = time.perf_counter()
     nmap = build_neuron_map(lm)
     config = SanitizeConfig()
-    train, _ = _split(defense, config.holdout, config.seed)
+    train, _ = split_defense(defense, config.decide.holdout, config.seed)
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y.astype(np.int64))
     copy = TorchMirror(lm, nmap)
     epochs, acc = unlearn(copy, x, y, lr=args.unlearn_lr, stop_accuracy=args.stop_accuracy,

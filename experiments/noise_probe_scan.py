@@ -1,7 +1,7 @@
 """Where does random noise blended into clean images send them? The measurement behind the noise probe
 (onnx_onp/signals/noise.py).
 
-    python -m benchmarks.noise_probe_scan --cases resnet18_blended_cifar10,resnet18_clean_cifar10 --alphas 0.1,0.2,0.3
+    python -m experiments.noise_probe_scan --cases resnet18_blended_cifar10,resnet18_clean_cifar10 --alphas 0.1,0.2,0.3
 
 Per case and alpha, over the benchmark's 500 defense images and five noise seeds (each image its own pattern,
 as the probe stamps them): the class that receives the most images and its share (mean over the seeds, and
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from benchmarks.additive_probe import probe_inputs
+from experiments.additive_probe import probe_inputs
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.signals.noise import noise_blend_probe

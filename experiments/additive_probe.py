@@ -1,6 +1,6 @@
 """A negative result kept runnable: can a universal additive perturbation per class detect SIG and WaNet?
 
-    python -m benchmarks.additive_probe --cases resnet18_sig_cifar10,resnet18_clean_cifar10 --weight 8
+    python -m experiments.additive_probe --cases resnet18_sig_cifar10,resnet18_clean_cifar10 --weight 8
 
 For every class, Adam (100 steps, batches of 32 from 350 defense images) finds one perturbation delta, in units
 of each channel's data range, minimising cross-entropy towards the class + weight * mean|delta|. A backdoor

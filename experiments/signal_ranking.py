@@ -2,7 +2,7 @@
 never sees: it says whether a model's backdoor can be pruned within the clean-accuracy budget by the signals ONP
 starts from, or whether the search is what fails.
 
-    python -m benchmarks.signal_ranking resnet18w32_badnets_cifar10 --sizes 2,4,8,12,16,24,32
+    python -m experiments.signal_ranking resnet18w32_badnets_cifar10 --sizes 2,4,8,12,16,24,32
 
 Synthesizes the suspect's trigger as sanitize does (the spec's target; the large-model batch size from 1M
 parameters), computes the per-group signals on the 350 training images of the benchmark's 500 defense images
@@ -18,14 +18,16 @@ import time
 
 import numpy as np
 
-from benchmarks.additive_probe import probe_inputs
+from experiments.additive_probe import probe_inputs
 from onnx_onp.bench import DataSplits
 from onnx_onp.decide.choose import layer_zscores
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.neuron_map import build_neuron_map
-from onnx_onp.sanitize import (LARGE_MODEL_PARAMETERS, SanitizeConfig, _parameters, _refinement, _split,
-                               large_model_schedule)
+from onnx_onp.config import LARGE_MODEL_PARAMETERS, SanitizeConfig, large_model_schedule
+from onnx_onp.context import split_defense
+from onnx_onp.detect import refinement
+from onnx_onp.sanitize import parameter_count
 from onnx_onp.signals.features import compute_signals
 from onnx_onp.signals.synthesis import amplify, spatial_axes, synthesize, synthesize_blend
 
@@ -38,27 +40,27 @@ def main(argv=None):
     parser.add_argument("--test-limit", type=int, default=2000, help="seeded test images (default 2000)")
     parser.add_argument("--blend", action="store_true",
                         help="stamp a third of the images with the blend probe too, as sanitize's reward does when "
-                             "the probe reaches the suspect (SanitizeConfig.blend_probe_alpha)")
+                             "the probe reaches the suspect (ProbeConfig.blend_probe_alpha)")
     args = parser.parse_args(argv)
     ((case, spec, lm, defense, mirror),) = list(probe_inputs(args.case))
     start = time.perf_counter()
     nmap = build_neuron_map(lm)
     config = SanitizeConfig()
-    if _parameters(lm) >= LARGE_MODEL_PARAMETERS:
+    if parameter_count(lm) >= LARGE_MODEL_PARAMETERS:
         config = large_model_schedule(config)
     evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
     test = DataSplits().splits(case.dataset)[1].take(args.test_limit, seed=1)
     triggered, clean = prepare_triggered(lm, test, spec, spec.preprocess), prepare(lm, test, spec.preprocess)
-    train, _ = _split(defense, config.holdout, config.seed)
+    train, _ = split_defense(defense, config.decide.holdout, config.seed)
     layout = spec.preprocess.layout
     axes = spatial_axes(layout)
-    trigger = synthesize(mirror, train.x, train.y, lm.num_classes, layout, config.synthesis,
+    trigger = synthesize(mirror, train.x, train.y, lm.num_classes, layout, config.detect.synthesis,
                          classes=[spec.target]).candidates[0]
     others = train.x[train.y != spec.target]
     probes = [trigger, amplify(trigger, train.x, layout)]
     if args.blend:
         probes.append(synthesize_blend(mirror, train.x, train.y, spec.target, layout,
-                                       alpha=config.blend_probe_alpha, config=_refinement(config, config.seed + 50)))
+                                       alpha=config.probes.blend_probe_alpha, config=refinement(config, config.seed + 50)))
     stamped = np.concatenate([p.apply(others[k::len(probes)], axes) for k, p in enumerate(probes)])
     signals = compute_signals(lm, nmap, mirror, train.x, train.y, stamped, spec.target)
     probe_y = np.full(len(stamped), spec.target)

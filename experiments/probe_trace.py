@@ -2,23 +2,24 @@
 does (500 seeded defense images, seed 0) and measures, with the attack's real trigger, which sanitize never
 sees, the real ASR and test CA of every round's mask and of the prune-back's result.
 
-    python -m benchmarks.probe_trace resnet18_blended_cifar10 benchmarks/results/probe_trace_blended.json
-    python -m benchmarks.probe_trace resnet18_blended_cifar10 out.json --set blend_probe_resynthesis=false
+    python -m experiments.probe_trace resnet18_blended_cifar10 experiments/results/probe_trace_blended.json
+    python -m experiments.probe_trace resnet18_blended_cifar10 out.json --set probes.blend_probe_resynthesis=false
 
-``--set name=value`` (JSON value) overrides a SanitizeConfig field, to trace a variant. Analysis only: the
-real trigger never reaches the search.
+``--set name=value`` (JSON value) overrides a SanitizeConfig field by dotted path, to trace a variant. Analysis
+only: the real trigger never reaches the search.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
 import numpy as np
 
 import onnx_onp.sanitize as sanitize_module
+import onnx_onp.search as search_module
+from onnx_onp.config import SanitizeConfig, override
 from onnx_onp.bench import DataSplits, discover_cases
 from onnx_onp.data import Spec
 from onnx_onp.instrument import MaskedEvaluator
@@ -33,7 +34,7 @@ def main(argv=None):
     parser.add_argument("out", help="JSON file to write")
     parser.add_argument("--test-limit", type=int, default=3000, help="seeded test images (default 3000)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=JSON",
-                        help="override a SanitizeConfig field")
+                        help="override a SanitizeConfig field by dotted path (search.rounds=4)")
     args = parser.parse_args(argv)
     overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
     (case,) = discover_cases(args.case)
@@ -58,7 +59,8 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in entry.items() if k != "groups_pruned"}), flush=True)
 
     # Wrap the decision and the prune-back to see each mask as the search produces it.
-    choose, prune_back = sanitize_module.choose_mask, sanitize_module._prune_back
+    # (the search stage calls choose_mask, the pipeline calls prune_back, each by the name it imported)
+    choose, prune_back = search_module.choose_mask, sanitize_module.prune_back
 
     def traced_choose(*a, **k):
         decision = choose(*a, **k)
@@ -72,8 +74,8 @@ def main(argv=None):
              "real": real(mask), "groups_pruned": np.flatnonzero(mask).tolist()})
         return mask, info
 
-    sanitize_module.choose_mask, sanitize_module._prune_back = traced_choose, traced_prune_back
-    config = dataclasses.replace(sanitize_module.SanitizeConfig(), **overrides)
+    search_module.choose_mask, sanitize_module.prune_back = traced_choose, traced_prune_back
+    config = override(SanitizeConfig(), overrides)
     start = time.perf_counter()
     mask, report = sanitize_module.find_backdoor_mask(lm, nmap, defense, evaluator, config)
     result = {"case": case.name, "overrides": overrides, "test_images": len(test_raw), "before": real(None),

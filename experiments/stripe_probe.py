@@ -1,6 +1,6 @@
 """A negative result kept runnable: does a 1-D stripe synthesized per class detect the SIG backdoor?
 
-    python -m benchmarks.stripe_probe --cases resnet18_sig_cifar10,resnet18_clean_cifar10 --weights 2,8
+    python -m experiments.stripe_probe --cases resnet18_sig_cifar10,resnet18_clean_cifar10 --weights 2,8
 
 SIG's trigger is a sinusoid over the image's columns, the same in every row and channel. For every class, Adam
 (100 steps, batches of 32 from 350 defense images) finds one pattern over the columns (or rows), in units of
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.additive_probe import print_case, probe_inputs
+from experiments.additive_probe import print_case, probe_inputs
 from onnx_onp.signals.synthesis import channel_range
 
 

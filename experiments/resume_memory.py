@@ -1,7 +1,7 @@
 """Resident memory and time of resumed evaluation with and without onnxruntime's memory arena in the level
 sessions: a 40-step walk over random groups on 500 random images, the cache at --budget-mb.
 
-    python -m benchmarks.resume_memory [--model fixtures/models/resnet18w32_badnets_cifar10.onnx] [--arena]
+    python -m experiments.resume_memory [--model fixtures/models/resnet18w32_badnets_cifar10.onnx] [--arena]
 
 Run once with and once without --arena (each in its own process: the arena's memory is not given back).
 Analysis only.

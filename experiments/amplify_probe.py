@@ -1,7 +1,7 @@
 """The experiment behind the third detector (onnx_onp/signals/amplification.py), kept runnable with its knobs:
 amplify one neuron group at a time and count, per class, the settings that send nearly all other images there.
 
-    python -m benchmarks.amplify_probe --cases resnet18_sig_cifar10,resnet18_clean_cifar10 --factors 32,100
+    python -m experiments.amplify_probe --cases resnet18_sig_cifar10,resnet18_clean_cifar10 --factors 32,100
 
 Uses the benchmark's 500 defense images (the first --images of them), every prunable group, and prints per case
 the counts per class and the anomaly index of the busiest class. With factors 4,16 and share 0.8 hardly any
@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from benchmarks.additive_probe import probe_inputs
+from experiments.additive_probe import probe_inputs
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.signals.amplification import amplified_shares, count_indices

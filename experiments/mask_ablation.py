@@ -3,7 +3,7 @@ trigger, which sanitize never sees: it says how far the clean-data probe is from
 
     onnx-onp sanitize fixtures/models/resnet18_blended_cifar10.onnx --data ../shared/data/cifar10_train.npz \\
         --limit 500 --rounds 6 --report /tmp/blended6.json
-    python -m benchmarks.mask_ablation resnet18_blended_cifar10 /tmp/blended6.json
+    python -m experiments.mask_ablation resnet18_blended_cifar10 /tmp/blended6.json
 
 For every pruned group: the real ASR and test CA with that group alone pruned, and with every pruned group but
 it. A group whose return leaves the ASR where it was cost clean accuracy for nothing.

@@ -1,0 +1,336 @@
+"""BENCHMARKS.md and benchmarks/results/INDEX.md, rendered from the saved JSON in benchmarks/results/.
+
+    python -m benchmarks.render_benchmarks --out BENCHMARKS.md
+
+Every `onnx-onp bench --json` run is kept as it was written; this renders the current table: for every model
+(and split) and every defense, the latest row by the run's date. A test checks that the committed files equal
+this rendering, so after adding a result file the one command above updates both.
+
+Several defense-data draws of one case are rendered as mean and worst, with the per-draw rows kept. A draw is
+either an entry of a case's ``draws`` list::
+
+    {"name": "resnet18_badnets_cifar10", "split": "test", ...,
+     "draws": [{"seed": 0, "before": {"ca": ..., "asr": ..., "ra": ...}, "rows": [<Row>, ...]},
+               {"seed": 1, ...}]}
+
+or a case entry (in one file or several) run with another defense-data seed (``settings.seed``, or ``seed`` on
+the case entry). Per case, split, seed and defense the latest row counts. ``split`` ("dev" or "test") on a case
+entry marks which models a result is on; the test split's table comes first when there is one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnx_onp.bench.report import describe_machine, onp_time_lines_from_json
+from onnx_onp.bench.verdicts import VerdictRow, verdict_markdown, verdict_summary
+from onnx_onp.files import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BASELINES = (("onp", "ONP"), ("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@onp", "random (ONP's count)"))
+SPLIT_TITLES = {"test": "Test split (models held out from development)", "dev": "Development models"}
+
+
+@dataclass
+class Draw:
+    """One case on one defense-data draw: its rows by defense, each from the latest run that had it."""
+
+    case: str
+    split: str
+    seed: int
+    dataset: str = ""
+    before: dict = field(default_factory=dict)
+    rows: dict = field(default_factory=dict)  # defense -> (row dict, source file stem, date)
+
+
+def load_runs(folder: Path = RESULTS) -> list[tuple[str, dict]]:
+    """Every JSON result file as (file name, payload), in name order."""
+    return [(path.name, json.loads(path.read_text())) for path in sorted(folder.glob("*.json"))]
+
+
+def is_bench_run(payload) -> bool:
+    return isinstance(payload, dict) and isinstance(payload.get("cases"), list) and "settings" in payload
+
+
+def is_verdict_run(payload) -> bool:
+    return isinstance(payload, dict) and "summary" in payload and isinstance(payload.get("rows"), list)
+
+
+def _case_draws(case: dict, run_seed: int) -> list[tuple[int, dict, list]]:
+    """(seed, before, rows) for each defense-data draw a case entry holds."""
+    if case.get("draws"):
+        return [(int(d.get("seed", run_seed)), d.get("before") or {}, d.get("rows") or []) for d in case["draws"]]
+    return [(int(case.get("seed", run_seed)), case.get("before") or {}, case.get("rows") or [])]
+
+
+def current_draws(runs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict[int, Draw]]:
+    """(case, split) -> seed -> Draw, each defense's row from the latest dated run that measured it."""
+    table: dict[tuple[str, str], dict[int, Draw]] = {}
+    bench = sorted(((p.get("date") or "", name, p) for name, p in runs if is_bench_run(p)), key=lambda t: t[:2])
+    for date, name, payload in bench:  # oldest first: a later run overwrites
+        run_seed = int((payload.get("settings") or {}).get("seed", 0))
+        for case in payload["cases"]:
+            if case.get("error"):
+                continue
+            split = case.get("split") or ""
+            for seed, before, rows in _case_draws(case, run_seed):
+                draw = table.setdefault((case["name"], split), {}).setdefault(
+                    seed, Draw(case["name"], split, seed))
+                draw.dataset = case.get("dataset", draw.dataset)
+                if rows:
+                    draw.before = before or draw.before
+                for row in rows:
+                    draw.rows[row["defense"]] = (row, Path(name).stem, date)
+    return table
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _stat(values: list, worst) -> str:
+    """One draw: the value. Several: mean, and the worst draw's value in brackets."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "–"
+    if len(values) == 1:
+        return _pct(present[0])
+    return f"{_pct(statistics.fmean(present))} ({_pct(worst(present))})"
+
+
+def _ca_drop(row: dict, before: dict) -> float | None:
+    return None if before.get("ca") is None else before["ca"] - row["ca"]
+
+
+def _defenses(draws: dict[int, Draw]) -> list[str]:
+    order = ["none", "onp", "clp", "fp"]
+    names = {d for draw in draws.values() for d in draw.rows}
+    return [d for d in order if d in names] + sorted(names - set(order))
+
+
+def summary_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str) -> list[str]:
+    """One line per model: the unpruned model, then each defense's ASR and CA drop (mean, worst draw)."""
+    head = "| model | draws | CA % | ASR % | " + " | ".join(f"{label} ASR % | {label} CA drop" for _, label in BASELINES)
+    lines = [head + " |", "|---|---:|---:|---:|" + "---:|---:|" * len(BASELINES)]
+    for (case, case_split), draws in sorted(table.items()):
+        if case_split != split:
+            continue
+        befores = [d.before for d in draws.values() if d.before]
+        cells = [case, str(len(draws)), _stat([b.get("ca") for b in befores], min),
+                 _stat([b.get("asr") for b in befores], max)]
+        for defense, _ in BASELINES:
+            rows = [(d.rows[defense][0], d.before) for d in draws.values() if defense in d.rows]
+            cells.append(_stat([r["asr"] for r, _ in rows], max) if rows else "–")
+            cells.append(_stat([_ca_drop(r, b) for r, b in rows], max) if rows else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def full_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str) -> list[str]:
+    """Every defense on every model: mean (worst draw) where there are several draws; the run it comes from."""
+    lines = ["| model | data | defense | CA % | ASR % | RA % | DER % | groups | neurons | time s | peak MB | result |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for (case, case_split), draws in sorted(table.items()):
+        if case_split != split:
+            continue
+        dataset = next((d.dataset for d in draws.values() if d.dataset), "")
+        for defense in _defenses(draws):
+            rows = [d.rows[defense] for d in draws.values() if defense in d.rows]
+            values = [r for r, _, _ in rows]
+            sources = ", ".join(sorted({source for _, source, _ in rows}))
+            lines.append(
+                f"| {case} | {dataset} | {defense} | {_stat([r['ca'] for r in values], min)} | "
+                f"{_stat([r['asr'] for r in values], max)} | {_stat([r['ra'] for r in values], min)} | "
+                f"{_stat([r['der'] for r in values], min)} | {_mean_text([r['pruned_groups'] for r in values])} | "
+                f"{_mean_text([r['pruned_neurons'] for r in values])} | "
+                f"{_mean_text([r['seconds'] for r in values], 1)} | "
+                f"{_mean_text([r['peak_rss_mb'] for r in values], 0)} | {sources} |")
+    return lines
+
+
+def _mean_text(values: list, digits: int | None = None) -> str:
+    mean = statistics.fmean(values)
+    if digits is None:
+        return str(values[0]) if len(values) == 1 else f"{mean:.1f}"
+    return f"{mean:.{digits}f}"
+
+
+def per_draw_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
+    """The rows behind every mean: each draw of each model that has more than one."""
+    lines = []
+    for (case, split), draws in sorted(table.items()):
+        if len(draws) < 2:
+            continue
+        for seed, draw in sorted(draws.items()):
+            for defense in _defenses(draws):
+                if defense in draw.rows:
+                    row, source, _ = draw.rows[defense]
+                    lines.append(f"| {case} | {split or '–'} | {seed} | {defense} | {_pct(row['ca'])} | "
+                                 f"{_pct(row['asr'])} | {_pct(row['der'])} | {row['pruned_groups']} | {source} |")
+    if not lines:
+        return []
+    return ["## Per draw", "", "Every defense-data draw behind a mean above (seed = the defense data's seed).", "",
+            "| model | split | seed | defense | CA % | ASR % | DER % | groups | result |",
+            "|---|---|---:|---|---:|---:|---:|---:|---|"] + lines + [""]
+
+
+def time_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
+    """ONP's phases per model (the first draw), through the bench's own ONP-time table."""
+    cases = []
+    for (case, _), draws in sorted(table.items()):
+        draw = draws[min(draws)]
+        rows = [{"defense": d, "seconds": row["seconds"], "info": row.get("info") or {}}
+                for d, (row, _, _) in draw.rows.items() if d in ("onp", "clp", "fp")]
+        cases.append({"name": case, "rows": rows})
+    return onp_time_lines_from_json({"cases": cases})
+
+
+def current_verdicts(runs: list[tuple[str, dict]]) -> tuple[list[VerdictRow], list[str]]:
+    """The latest verdict per model, and the files they come from."""
+    latest: dict[str, tuple[dict, str]] = {}
+    dated = sorted(((p.get("date") or "", name, p) for name, p in runs if is_verdict_run(p)), key=lambda t: t[:2])
+    for _, name, payload in dated:
+        for row in payload["rows"]:
+            latest[row["case"]] = (row, name)
+    names = set(VerdictRow.__dataclass_fields__)
+    rows = [VerdictRow(**{k: v for k, v in row.items() if k in names}) for row, _ in latest.values()]
+    rows.sort(key=lambda r: (r.family != "fixture", r.case))
+    return rows, sorted({name for _, name in latest.values()})
+
+
+def verdict_lines(runs: list[tuple[str, dict]]) -> list[str]:
+    rows, sources = current_verdicts(runs)
+    if not rows:
+        return []
+    text = verdict_markdown(rows, command="", machine="").splitlines()[3:]  # without its command/machine lines
+    return ["## Audit verdicts", "",
+            "What `onnx-onp audit` concludes on each model, the latest verdict per model (from "
+            + ", ".join(f"`{s}`" for s in sources) + "; rule: README, \"The verdict\"). "
+            "`onnx-onp bench --verdicts --cases all --json FILE` measures it.", ""] + text + [""]
+
+
+def _machine(machine) -> str:
+    if not isinstance(machine, dict):
+        return str(machine or "not recorded")
+    memory = f", {machine['memory_gib']} GiB RAM" if machine.get("memory_gib") else ""
+    return f"{machine.get('cpu')}, {machine.get('cores')} cores{memory}, onnxruntime {machine.get('onnxruntime')}"
+
+
+def _command(name: str, payload: dict) -> str:
+    command = payload.get("command") or ""
+    if command and "--json" not in command:
+        command += f" --json benchmarks/results/{name}"
+    return command
+
+
+def source_lines(runs: list[tuple[str, dict]], table) -> list[str]:
+    """The runs the tables come from: date, machine, total time, and the exact command."""
+    used = {source for draws in table.values() for d in draws.values() for _, source, _ in d.rows.values()}
+    lines = ["## Runs and commands", "",
+             "The runs the tables above come from. Every defense in a run sees the same model, defense data and "
+             "test data; times are wall times on the machine named, which other jobs may have shared.", ""]
+    for name, payload in runs:
+        if Path(name).stem not in used:
+            continue
+        date = (payload.get("date") or "")[:16].replace("T", " ")
+        lines.append(f"- `{name}` ({date} UTC, {payload.get('seconds', 0):.0f} s; "
+                     f"{_machine(payload.get('machine'))}):  ")
+        lines.append(f"  `{_command(name, payload)}`")
+    return lines + [""]
+
+
+PROTOCOL = """## Protocol
+
+- Defense data: 500 clean images of the training split (seeded `take(500, seed)`), with their labels. A defense
+  gets only that set, the model, its neuron map and the evaluator: no poisoned image and no test image (a test
+  checks every input the evaluator sees during a defense).
+- Test data: CIFAR-10's full test split (10,000 images; 9,000 non-target ones for ASR and RA). MNIST has only
+  `mnist_test.npz`: it is split once with `Dataset.split(500, seed=0)` into a 500-image defense pool and a
+  9,500-image test split. GTSRB uses the fixtures' own split of `gtsrb_test.npz` (`split(10000, seed=0)`): the
+  first part for the defense, the other 2,630 images for testing.
+- CA: clean test accuracy. ASR: share of triggered non-target test images classified as the target. RA: share
+  of them classified as their true label. DER = (max(0, ASR drop) − max(0, CA drop) + 1) / 2: 50% is "no
+  effect", 100% "backdoor gone at no CA cost". CA drop in points (negative: CA rose).
+- `groups` / `neurons`: pruned groups of the neuron map and the neurons in them (a residual stream's channel is
+  one group of several convs' channels). `time s`: wall time of the defense alone. `peak MB`: peak resident
+  memory during the defense above the level before it (memory the allocator reuses does not show).
+- Defenses: `none` (nothing pruned); `onp` (`onnx-onp sanitize` with its defaults, seeing exactly what the
+  baselines see; docs/method.md); `clp` (Channel Lipschitzness-based Pruning, data-free, u = 3); `fp`
+  (Fine-Pruning without fine-tuning: the last conv layer's least active channels, pruned until the defense-data
+  accuracy would drop by more than 5 points); `random@X` (random prunable groups, seed 0, adding up to defense
+  X's neuron count).
+- Mean (worst): where a model has several defense-data draws, the mean over them and, in brackets, the worst
+  draw (lowest CA and DER, highest ASR and CA drop). All defenses are deterministic for a seed.
+"""
+
+
+def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
+    table = current_draws(runs)
+    splits = sorted({split for _, split in table}, key=lambda s: (s != "test", s != "dev", s))
+    lines = ["# Benchmarks: ONP against CLP, Fine-Pruning and random pruning", "",
+             "Generated by `python -m benchmarks.render_benchmarks --out BENCHMARKS.md` from the saved results in "
+             "`benchmarks/results/` (one line each in [INDEX.md](benchmarks/results/INDEX.md)); do not edit by hand. "
+             "For every model and defense the latest measured row; the method is described in "
+             "[docs/method.md](docs/method.md), one-off experiments in [experiments/](experiments/README.md).", ""]
+    for split in splits:
+        title = SPLIT_TITLES.get(split, "Models") if len(splits) > 1 or split else "Models"
+        lines += [f"## {title}", "", "ASR and CA drop per defense (test data; CA drop in points):", ""]
+        lines += summary_lines(table, split) + ["", "Every defense:", ""] + full_lines(table, split) + [""]
+    lines += per_draw_lines(table)
+    timing = time_lines(table)
+    if timing:
+        lines += ["## ONP's time", ""] + timing[1:] + [""]
+    lines += verdict_lines(runs)
+    lines += PROTOCOL.splitlines() + [""]
+    lines += source_lines(runs, table)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _index_entry(name: str, payload) -> str:
+    if is_bench_run(payload):
+        cases = [c["name"] + (f" ({c['split']})" if c.get("split") else "") for c in payload["cases"]]
+        date = (payload.get("date") or "")[:16].replace("T", " ")
+        return (f"{date} UTC · bench, {len(cases)} case(s): {', '.join(cases)} · {_machine(payload.get('machine'))}"
+                f" · `{_command(name, payload)}`")
+    if is_verdict_run(payload):
+        s = payload["summary"]
+        return (f"{(payload.get('date') or '')[:10]} · verdicts: {s['flagged']} of {s['backdoored']} backdoored "
+                f"flagged, {s['false_alarms']} of {s['clean']} clean flagged · {_machine(payload.get('machine'))} · "
+                f"`{_command(name, payload)}`")
+    module = next((m for m in ("agent_ablation", "evaluation_profile", "masked_eval") if name.startswith(m)), None)
+    what = f"written by `python -m benchmarks.{module}`" if module else "other result"
+    detail = payload.get("case") or payload.get("model") or ", ".join(payload.get("runs") or []) \
+        if isinstance(payload, dict) else ""
+    return f"{what}" + (f" ({detail})" if detail else "")
+
+
+def render_index(runs: list[tuple[str, dict]], folder: Path = RESULTS) -> str:
+    lines = ["# Saved benchmark results", "",
+             "One line per file, generated with BENCHMARKS.md by `python -m benchmarks.render_benchmarks --out "
+             "BENCHMARKS.md`. Older runs stay for comparison; BENCHMARKS.md shows the latest row per model.", ""]
+    dated = sorted(runs, key=lambda run: ((run[1].get("date") or "") if isinstance(run[1], dict) else "", run[0]))
+    lines += [f"- [{name}]({name}): {_index_entry(name, payload)}" for name, payload in dated]
+    others = sorted(p.name for p in folder.iterdir() if p.suffix not in (".json",) and p.name != "INDEX.md")
+    lines += [f"- [{name}]({name}): text output (its first lines say which command)" for name in others]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="BENCHMARKS.md", help="the Markdown file to write (default BENCHMARKS.md)")
+    parser.add_argument("--index", default=str(RESULTS / "INDEX.md"), help="the results index to write")
+    parser.add_argument("--results", default=str(RESULTS), help="the folder of saved JSON results")
+    args = parser.parse_args(argv)
+    folder = Path(args.results)
+    runs = load_runs(folder)
+    atomic_write_text(args.out, render_benchmarks(runs))
+    atomic_write_text(args.index, render_index(runs, folder))
+    print(f"wrote {args.out} and {args.index} from {len(runs)} result files")
+
+
+if __name__ == "__main__":
+    main()

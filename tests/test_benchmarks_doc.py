@@ -1,0 +1,67 @@
+"""BENCHMARKS.md and benchmarks/results/INDEX.md are generated: the committed files must be the rendering of the
+saved results, and the renderer's rules (latest row wins, draws as mean and worst, the test split first) hold."""
+
+from pathlib import Path
+
+from benchmarks.render_benchmarks import RESULTS, load_runs, render_benchmarks, render_index
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_committed_benchmarks_are_the_rendering():
+    runs = load_runs()
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    assert text == render_benchmarks(runs), "run: python -m benchmarks.render_benchmarks --out BENCHMARKS.md"
+    assert len(text.splitlines()) <= 400
+    assert (RESULTS / "INDEX.md").read_text() == render_index(runs)
+
+
+def _row(defense, ca, asr, groups=0):
+    return {"case": "m", "defense": defense, "ca": ca, "asr": asr, "ra": 1 - asr, "der": 0.6, "pruned_groups": groups,
+            "pruned_neurons": groups, "seconds": 1.0, "peak_rss_mb": 0.0, "info": {}}
+
+
+def _run(date, seed, onp_asr, *, split=None, name="m"):
+    case = {"name": name, "dataset": "cifar10", "before": {"ca": 0.80, "asr": 0.95},
+            "rows": [_row("none", 0.80, 0.95), _row("onp", 0.79, onp_asr, 3)]}
+    if split:
+        case["split"] = split
+    return {"command": f"onnx-onp bench --seed {seed}", "date": date, "machine": {"cpu": "cpu", "cores": 2},
+            "settings": {"seed": seed}, "seconds": 10.0, "cases": [case]}
+
+
+def _onp_line(text, case="m"):
+    return next(line for line in text.splitlines() if line.startswith(f"| {case} | cifar10 | onp |"))
+
+
+def test_the_latest_run_of_a_seed_replaces_an_older_one():
+    text = render_benchmarks([("a.json", _run("2026-01-02", 0, 0.10)), ("b.json", _run("2026-01-01", 0, 0.50))])
+    assert "| 10.00 |" in _onp_line(text) and "| a |" in _onp_line(text)
+    assert "50.00" not in _onp_line(text) and "## Per draw" not in text
+
+
+def test_several_seeds_give_mean_and_worst_and_keep_each_draw():
+    runs = [("s0.json", _run("2026-01-01", 0, 0.02)), ("s1.json", _run("2026-01-01", 1, 0.10))]
+    text = render_benchmarks(runs)
+    assert "| 6.00 (10.00) |" in _onp_line(text)  # ASR: mean of 2% and 10%, worst 10%
+    per_draw = text.split("## Per draw")[1]
+    assert "| m | – | 0 | onp | 79.00 | 2.00 |" in per_draw and "| m | – | 1 | onp | 79.00 | 10.00 |" in per_draw
+
+
+def test_a_draws_list_in_one_case_is_read_like_several_runs():
+    run = _run("2026-01-01", 0, 0.0)
+    case = run["cases"][0]
+    case["draws"] = [{"seed": s, "before": case["before"], "rows": [_row("onp", 0.78, asr, 2)]}
+                     for s, asr in ((0, 0.04), (1, 0.08), (2, 0.0))]
+    del case["rows"]
+    text = render_benchmarks([("d.json", run)])
+    assert "| 4.00 (8.00) |" in _onp_line(text) and text.count("| m | – | ") == 3
+
+
+def test_the_test_split_is_headlined_first_and_marked():
+    runs = [("dev.json", _run("2026-01-01", 0, 0.02, split="dev", name="dev_model")),
+            ("test.json", _run("2026-01-01", 0, 0.30, split="test", name="test_model"))]
+    text = render_benchmarks(runs)
+    assert text.index("## Test split") < text.index("## Development models")
+    assert text.index("test_model") < text.index("dev_model")
+    assert "test_model (test)" in render_index(runs, RESULTS)
