@@ -14,6 +14,13 @@ class OnpError(Exception):
     kind = "error"
 
 
+class UsageError(OnpError):
+    """Options that do not go together (click's own usage errors exit 2 as well)."""
+
+    exit_code = 2
+    kind = "usage"
+
+
 class ModelFileError(OnpError):
     """The file is not ONNX, is truncated or corrupt, or cannot be read."""
 

@@ -8,6 +8,10 @@ from dataclasses import dataclass, replace
 from .agent.reinforce import TrainConfig
 from .config import SanitizeConfig
 
+# Clean defense images a run draws from --data when --limit is not given (seeded by --seed): 1% of CIFAR-10's
+# training set, the backdoor literature's usual defense budget.
+DEFAULT_DATA_LIMIT = 500
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -38,6 +42,11 @@ class RunOptions:
     seed: int = 0
     provider: str = "auto"
     as_json: bool = False
+
+    @property
+    def data_limit(self) -> int:
+        """How many clean images the run draws from --data."""
+        return self.limit or DEFAULT_DATA_LIMIT
 
     def sanitize_config(self) -> SanitizeConfig:
         """The pipeline's config: the defaults, changed only where these options say."""

@@ -9,7 +9,9 @@ module only runs them in order. ``sanitize()`` is what `onnx-onp sanitize` and `
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +78,7 @@ def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None
     if output is not None and report["status"] in (STATUS_CLEAN, STATUS_SANITIZED):
         progress.stage("writing and checking the sanitized model")
         written = export_pruned(lm, nmap, mask, output, shrink=config.shrink, check_inputs=defense.x[:256],
-                                evaluator=evaluator)
+                                provider=config.runtime.provider, evaluator=evaluator)
         report["output"] = {"path": str(written.path), "shrunk": written.shrunk,
                             "max_abs_diff": written.max_abs_diff, "bytes_before": written.bytes_before,
                             "bytes_after": written.bytes_after}
@@ -157,3 +159,18 @@ def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, 
 
 def parameter_count(lm: LoadedModel) -> int:
     return int(sum(np.prod(t.dims) for t in lm.model.graph.initializer))
+
+
+class _CallableModule(types.ModuleType):
+    """``onnx_onp.sanitize`` is this module (``from onnx_onp import sanitize as pipeline``,
+    ``import onnx_onp.sanitize as m`` and ``from onnx_onp.sanitize import sanitize`` keep working) and, called,
+    the Python API's ``onnx_onp.api.sanitize(model, data, ...)``: a package attribute cannot be both a function and
+    a submodule, since importing a submodule rebinds the attribute."""
+
+    def __call__(self, model, data, **keywords):
+        from .api import sanitize as api_sanitize
+
+        return api_sanitize(model, data, **keywords)
+
+
+sys.modules[__name__].__class__ = _CallableModule
