@@ -408,6 +408,8 @@ onp_options = [
                       "faster, up to about 1 GiB more memory. Default: on with the CPU provider."),
     click.option("--report", "report_path", type=click.Path(dir_okay=False),
                  help="Write the JSON report here (schema: README, 'The report')."),
+    click.option("--sarif", "sarif_path", type=click.Path(dir_okay=False),
+                 help="Write SARIF 2.1.0 here (code scanning: one result when a backdoor is suspected)."),
     click.option("--poisoned-data", type=click.Path(), help="Triggered test images (true labels) for ASR before/after."),
     click.option("--target", type=int, help="The attack's target label (with --poisoned-data)."),
     click.option("--test-data", type=click.Path(), help="Labelled test data for CA (and, with --spec, ASR) before/after."),
@@ -467,7 +469,7 @@ def _run_onp(model, options) -> None:
     from onnx_onp.api import run
     from onnx_onp.progress import for_terminal
 
-    for path in (options.output, options.report_path, options.html_path):
+    for path in (options.output, options.report_path, options.html_path, options.sarif_path):
         if path and Path(path).exists() and Path(path).resolve() == Path(model).resolve():
             raise click.UsageError(f"{path} is the input model: it is never overwritten")
     progress = for_terminal(quiet=options.quiet or options.as_json)
@@ -491,6 +493,10 @@ def _write_reports(report, options, progress) -> None:
 
     if options.report_path:
         _write_text(options.report_path, report_json(report))
+    if options.sarif_path:
+        from onnx_onp.report.sarif import sarif_text
+
+        _write_text(options.sarif_path, sarif_text([report]))
     if options.html_path:
         progress.stage("writing the HTML report")
         _write_text(options.html_path, report_html(report))  # the page shows exactly what the JSON says

@@ -32,7 +32,7 @@ from .report.verdict import STATUS_UNSANITIZABLE, SUSPECTED
 __all__ = ["Result", "sanitize", "audit", "run", "check_target"]
 
 # RunOptions fields the API takes as its own arguments (objects, not only paths) or that only the CLI has.
-_NOT_KEYWORDS = {"command", "data_path", "output", "html_path", "report_path", "preprocess_path", "spec_path",
+_NOT_KEYWORDS = {"command", "data_path", "output", "html_path", "report_path", "sarif_path", "preprocess_path", "spec_path",
                  "test_data", "poisoned_data", "target", "quiet", "as_json"}
 
 
@@ -106,6 +106,13 @@ class Result:
         from .files import atomic_write_text
 
         atomic_write_text(path, report_json(self.report))
+
+    def write_sarif(self, path) -> None:
+        """SARIF 2.1.0 for code scanning: one result when a backdoor is suspected (report/sarif.py)."""
+        from .files import atomic_write_text
+        from .report.sarif import sarif_text
+
+        atomic_write_text(path, sarif_text([self.report]))
 
     def write_html(self, path) -> None:
         from .files import atomic_write_text

@@ -21,6 +21,7 @@ class RunOptions:
     shrink: bool = False
     html_path: str | None = None
     report_path: str | None = None
+    sarif_path: str | None = None
     fail_on: str = "unsanitizable"
     detect_only: bool = False
     max_ca_drop: float = 2.0  # points
