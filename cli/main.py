@@ -387,8 +387,9 @@ def _bench_verdicts(which, defense_size, seed, provider, out_path, json_path):
 
 
 onp_options = [
-    click.option("--data", "data_path", required=True, type=click.Path(),
-                 help="Clean labelled defense data (.npz or image folder); a few hundred images are enough."),
+    click.option("--data", "data_path", type=click.Path(),
+                 help="Clean labelled defense data (.npz or image folder); a few hundred images are enough. "
+                      "Required, except for a manifest whose lines all name their data."),
     click.option("--max-ca-drop", type=float, default=2.0, show_default=True,
                  help="Clean-accuracy budget in points, checked on held-out defense data."),
     click.option("--budget", "steps", type=int, default=15, show_default=True,
@@ -441,26 +442,72 @@ def sanitize(model, output, shrink, html_path, fail_on, **options):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", "html_path", type=click.Path(),
+              help="Write the HTML report here; with a folder or manifest, the output folder (required).")
 @click.option("--fail-on", type=click.Choice(["suspected", "unsanitizable", "never"]), default="suspected",
               show_default=True, help="Exit 10 when a backdoor is suspected (suspected), 11 when one cannot be "
                                       "pruned within the budget (suspected, unsanitizable), or always 0 (never).")
 @click.option("--detect-only", is_flag=True,
               help="Verdict from the detectors only (trigger synthesis, then neuron perturbation, then neuron amplification); skip the pruning analysis (faster, less evidence).")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Batch: models audited at once by local processes, torch threads split among them "
+                   "(default: one per core).")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Batch: each model a Ray task on the cluster at ADDRESS ('auto': the one `ray start` runs here; "
+                   "needs onnx-onp[ray] and the same files on every node).")
+@click.option("--ray-cpus", type=click.FloatRange(min=0), default=1, show_default=True,
+              help="Batch on Ray: CPUs each model's task asks for.")
+@click.option("--ray-gpus", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Batch on Ray: GPUs each model's task asks for (use with --provider cuda).")
 @_with(onp_options)
 @_with(data_options)
-def audit(model, html_path, fail_on, detect_only, **options):
+def audit(model, html_path, fail_on, detect_only, jobs, ray_address, ray_cpus, ray_gpus, **options):
     """Verdict on a model without writing one: 'backdoor suspected' or 'no backdoor evidence', with evidence.
 
     Runs the same analysis as sanitize (trigger synthesis, then the pruning agent when a backdoor is
     suspected) and reports what was found, the neurons that carry it and how much removing them changes the
     model's answers. The input model is only read.
+
+    MODEL may be a folder (every .onnx in it) or a .jsonl manifest (one {"model", "data", "spec",
+    "preprocess", ...} per line): each model's JSON and HTML report, index.html and summary.json go to -o
+    OUTDIR, and a model that fails does not stop the others (exit 12 when some failed).
     """
+    from onnx_onp.batch import is_batch
     from onnx_onp.options import RunOptions
 
-    _run_onp(model, RunOptions(command="audit", html_path=html_path, fail_on=fail_on, detect_only=detect_only,
-                               **options))
+    run = RunOptions(command="audit", html_path=html_path, fail_on=fail_on, detect_only=detect_only, **options)
+    if is_batch(model):
+        _run_batch(model, run, jobs, ray_address, ray_cpus, ray_gpus)
+        return
+    if jobs is not None or ray_address:
+        raise click.UsageError("--jobs and --ray are for a folder or a .jsonl manifest of models")
+    _run_onp(model, run)
+
+
+def _run_batch(source, options, jobs, ray_address, ray_cpus, ray_gpus) -> None:
+    from onnx_onp.batch import run_batch
+
+    if not options.html_path:
+        raise click.UsageError("a batch audit needs -o OUTDIR")
+    if options.report_path:
+        raise click.UsageError("--report is for one model; a batch writes every report into -o OUTDIR")
+    if jobs is not None and ray_address:
+        raise click.UsageError("give --jobs or --ray, not both")
+
+    def show(row):
+        if not options.as_json:
+            what = f"error: {row['error']}" if row["error"] else (
+                f"{row['verdict']}" + (f" (target {row['target']})" if row["target"] is not None else ""))
+            click.echo(f"{row['model']}: {what}  [{row['seconds']} s]")
+
+    summary = run_batch(source, options.html_path, options, jobs=jobs, ray_address=ray_address, ray_cpus=ray_cpus,
+                        ray_gpus=ray_gpus, on_row=show)
+    _emit(options.as_json, summary, lambda s: click.echo(
+        f"{s['models']} models: {s['suspected']} suspected, {s['failed']} not audited, {s['seconds']:.0f} s "
+        f"({s['executor']}); wrote {Path(options.html_path) / 'index.html'}"))
+    if summary["exit_code"]:
+        sys.exit(summary["exit_code"])
 
 
 def _run_onp(model, options) -> None:
@@ -469,6 +516,8 @@ def _run_onp(model, options) -> None:
     from onnx_onp.api import run
     from onnx_onp.progress import for_terminal
 
+    if not options.data_path:
+        raise click.UsageError("Missing option '--data'.")
     for path in (options.output, options.report_path, options.html_path, options.sarif_path):
         if path and Path(path).exists() and Path(path).resolve() == Path(model).resolve():
             raise click.UsageError(f"{path} is the input model: it is never overwritten")

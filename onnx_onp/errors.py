@@ -66,6 +66,7 @@ class MaskError(OnpError):
 # Gate outcomes (not errors): what `sanitize` and `audit` return for their verdict, by --fail-on.
 GATE_SUSPECTED = 10
 GATE_UNSANITIZABLE = 11
+BATCH_SOME_FAILED = 12  # a batch audit went on past models it could not audit
 
 EXIT_CODES = {
     0: "success (sanitize, audit: nothing that --fail-on fails on)",
@@ -79,4 +80,5 @@ EXIT_CODES = {
     MaskError.exit_code: "neuron list or mask file does not fit the model",
     GATE_SUSPECTED: "backdoor suspected (with --fail-on suspected)",
     GATE_UNSANITIZABLE: "backdoor suspected and cannot be pruned within the clean-accuracy budget",
+    BATCH_SOME_FAILED: "batch audit: some models could not be audited (their rows in summary.json say why)",
 }
