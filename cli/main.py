@@ -58,13 +58,9 @@ def _emit(as_json: bool, payload: dict, human) -> None:
 
 
 def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(type(value).__name__)
+    from onnx_onp.report.finish import json_default
+
+    return json_default(value)
 
 
 def _load(model_path):
@@ -84,6 +80,12 @@ def _preprocess(lm, preprocess_path, spec):
     if spec is not None:
         return spec.preprocess
     return default_preprocess(lm)
+
+
+def _check_target(poisoned_data, target) -> None:
+    from onnx_onp.api import check_target
+
+    check_target(poisoned_data, target)
 
 
 def _dataset(path, limit, seed):
@@ -164,12 +166,10 @@ def inspect(model, show_groups, as_json):
 def evaluate(model, data_path, poisoned_data, target, preprocess_path, spec_path, limit, seed, provider, as_json):
     """Clean accuracy, and attack success rate when a trigger spec or poisoned set is given."""
     from onnx_onp.data import Spec
-    from onnx_onp.errors import DataError
     from onnx_onp.instrument import MaskedEvaluator
     from onnx_onp.metrics import attack_scores, clean_accuracy, prepare, prepare_triggered
 
-    if poisoned_data and target is None:
-        raise DataError("--poisoned-data needs --target")
+    _check_target(poisoned_data, target)
     start = time.perf_counter()
     lm, nmap = _load(model)
     spec = Spec.load(spec_path) if spec_path else None
@@ -396,8 +396,9 @@ def _bench_verdicts(which, defense_size, seed, provider, out_path, json_path):
 
 
 onp_options = [
-    click.option("--data", "data_path", required=True, type=click.Path(),
-                 help="Clean labelled defense data (.npz or image folder); a few hundred images are enough."),
+    click.option("--data", "data_path", type=click.Path(),
+                 help="Clean labelled defense data (.npz or image folder); a few hundred images are enough. "
+                      "Required, except for a manifest whose lines all name their data."),
     click.option("--max-ca-drop", type=float, default=2.0, show_default=True,
                  help="Clean-accuracy budget in points, checked on held-out defense data."),
     click.option("--budget", "steps", type=int, default=15, show_default=True,
@@ -417,6 +418,8 @@ onp_options = [
                       "faster, up to about 1 GiB more memory. Default: on with the CPU provider."),
     click.option("--report", "report_path", type=click.Path(dir_okay=False),
                  help="Write the JSON report here (schema: README, 'The report')."),
+    click.option("--sarif", "sarif_path", type=click.Path(dir_okay=False),
+                 help="Write SARIF 2.1.0 here (code scanning: one result when a backdoor is suspected)."),
     click.option("--poisoned-data", type=click.Path(), help="Triggered test images (true labels) for ASR before/after."),
     click.option("--target", type=int, help="The attack's target label (with --poisoned-data)."),
     click.option("--test-data", type=click.Path(), help="Labelled test data for CA (and, with --spec, ASR) before/after."),
@@ -449,59 +452,93 @@ def sanitize(model, output, shrink, html_path, fail_on, **options):
 
 
 @main.command(epilog=EPILOG)
-@click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "html_path", type=click.Path(dir_okay=False), help="Write the HTML report here.")
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", "html_path", type=click.Path(),
+              help="Write the HTML report here; with a folder or manifest, the output folder (required).")
 @click.option("--fail-on", type=click.Choice(["suspected", "unsanitizable", "never"]), default="suspected",
               show_default=True, help="Exit 10 when a backdoor is suspected (suspected), 11 when one cannot be "
                                       "pruned within the budget (suspected, unsanitizable), or always 0 (never).")
 @click.option("--detect-only", is_flag=True,
               help="Verdict from the detectors only (trigger synthesis, then neuron perturbation, then neuron amplification); skip the pruning analysis (faster, less evidence).")
+@click.option("--jobs", type=click.IntRange(min=1),
+              help="Batch: models audited at once by local processes, torch threads split among them "
+                   "(default: one per core).")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Batch: each model a Ray task on the cluster at ADDRESS ('auto': the one `ray start` runs here; "
+                   "needs onnx-onp[ray] and the same files on every node).")
+@click.option("--ray-cpus", type=click.FloatRange(min=0), default=1, show_default=True,
+              help="Batch on Ray: CPUs each model's task asks for.")
+@click.option("--ray-gpus", type=click.FloatRange(min=0), default=0, show_default=True,
+              help="Batch on Ray: GPUs each model's task asks for (use with --provider cuda).")
 @_with(onp_options)
 @_with(data_options)
-def audit(model, html_path, fail_on, detect_only, **options):
+def audit(model, html_path, fail_on, detect_only, jobs, ray_address, ray_cpus, ray_gpus, **options):
     """Verdict on a model without writing one: 'backdoor suspected' or 'no backdoor evidence', with evidence.
 
     Runs the same analysis as sanitize (trigger synthesis, then the pruning agent when a backdoor is
     suspected) and reports what was found, the neurons that carry it and how much removing them changes the
     model's answers. The input model is only read.
+
+    MODEL may be a folder (every .onnx in it) or a .jsonl manifest (one {"model", "data", "spec",
+    "preprocess", ...} per line): each model's JSON and HTML report, index.html and summary.json go to -o
+    OUTDIR, and a model that fails does not stop the others (exit 12 when some failed).
     """
+    from onnx_onp.batch import is_batch
     from onnx_onp.options import RunOptions
 
-    _run_onp(model, RunOptions(command="audit", html_path=html_path, fail_on=fail_on, detect_only=detect_only,
-                               **options))
+    run = RunOptions(command="audit", html_path=html_path, fail_on=fail_on, detect_only=detect_only, **options)
+    if is_batch(model):
+        _run_batch(model, run, jobs, ray_address, ray_cpus, ray_gpus)
+        return
+    if jobs is not None or ray_address:
+        raise click.UsageError("--jobs and --ray are for a folder or a .jsonl manifest of models")
+    _run_onp(model, run)
+
+
+def _run_batch(source, options, jobs, ray_address, ray_cpus, ray_gpus) -> None:
+    from onnx_onp.batch import run_batch
+
+    if not options.html_path:
+        raise click.UsageError("a batch audit needs -o OUTDIR")
+    if options.report_path:
+        raise click.UsageError("--report is for one model; a batch writes every report into -o OUTDIR")
+    if jobs is not None and ray_address:
+        raise click.UsageError("give --jobs or --ray, not both")
+
+    def show(row):
+        if not options.as_json:
+            what = f"error: {row['error']}" if row["error"] else (
+                f"{row['verdict']}" + (f" (target {row['target']})" if row["target"] is not None else ""))
+            click.echo(f"{row['model']}: {what}  [{row['seconds']} s]")
+
+    summary = run_batch(source, options.html_path, options, jobs=jobs, ray_address=ray_address, ray_cpus=ray_cpus,
+                        ray_gpus=ray_gpus, on_row=show)
+    _emit(options.as_json, summary, lambda s: click.echo(
+        f"{s['models']} models: {s['suspected']} suspected, {s['failed']} not audited, {s['seconds']:.0f} s "
+        f"({s['executor']}); wrote {Path(options.html_path) / 'index.html'}"))
+    if summary["exit_code"]:
+        sys.exit(summary["exit_code"])
 
 
 def _run_onp(model, options) -> None:
-    """One sanitize or audit run from its options: check the inputs, run the pipeline, write the reports, exit
-    with the gate's code."""
-    from onnx_onp.data import Preprocess, Spec
-    from onnx_onp.errors import DataError
+    """One sanitize or audit run from its options (the Python API's run): check the inputs, run the pipeline,
+    write the reports, exit with the gate's code."""
+    from onnx_onp.api import run
     from onnx_onp.progress import for_terminal
-    from onnx_onp.report import gate_exit_code
-    from onnx_onp.sanitize import sanitize as run_sanitize
 
-    if options.poisoned_data and options.target is None:
-        raise DataError("--poisoned-data needs --target")
-    for path in (options.output, options.report_path, options.html_path):
+    if not options.data_path:
+        raise click.UsageError("Missing option '--data'.")
+    for path in (options.output, options.report_path, options.html_path, options.sarif_path):
         if path and Path(path).exists() and Path(path).resolve() == Path(model).resolve():
             raise click.UsageError(f"{path} is the input model: it is never overwritten")
-    spec = Spec.load(options.spec_path) if options.spec_path else None
-    dataset = _dataset(options.data_path, options.limit or 500, options.seed)
-    # Test and poisoned data are read and checked against the model before the analysis: a gate must fail
-    # on bad input at once, not after minutes of work.
-    loaded, measured = _measurement_data(model, options, spec)
     progress = for_terminal(quiet=options.quiet or options.as_json)
-    pre = Preprocess.load(options.preprocess_path) if options.preprocess_path else (spec.preprocess if spec else None)
     try:
-        result = run_sanitize(loaded, dataset, pre, options.output, config=options.sanitize_config(),
-                              audit=_audit_measure(measured) if measured else None, progress=progress,
-                              write_unsanitized=options.fail_on == "never")
+        result = run(model, options.data_path, options, preprocess=options.preprocess_path, spec=options.spec_path,
+                     test_data=options.test_data, poisoned_data=options.poisoned_data, target=options.target,
+                     progress=progress)
     finally:
         progress.close()
     report = result.report
-    report["command"] = options.command
-    report["fail_on"] = options.fail_on
-    report["exit_code"] = gate_exit_code(report, options.fail_on)
     _write_reports(report, options, progress)
     _emit(options.as_json, report, lambda r: _print_outcome(r, options.output))
     for warning in report["warnings"]:
@@ -510,62 +547,18 @@ def _run_onp(model, options) -> None:
         sys.exit(report["exit_code"])
 
 
-def _measurement_data(model, options, spec):
-    """The model (loaded once when test data must be checked against it) and the audit's test data: clean test
-    images, and triggered ones from --poisoned-data or the spec's trigger."""
-    from onnx_onp.errors import DataError
-    from onnx_onp.load import load_model
-    from onnx_onp.metrics import prepare, prepare_triggered
-
-    if not (options.test_data or options.poisoned_data):
-        return model, {}
-    measured = {}
-    lm = load_model(model)  # handed on to the analysis: loaded once
-    pre = _preprocess(lm, options.preprocess_path, spec)
-    if options.test_data:
-        measured["clean"] = prepare(lm, _dataset(options.test_data, None, options.seed), pre,
-                                    what=str(options.test_data))
-    if options.poisoned_data:
-        measured["triggered"] = prepare(lm, _dataset(options.poisoned_data, None, options.seed), pre,
-                                        what=str(options.poisoned_data))
-        measured["target"] = options.target
-    elif spec is not None and spec.trigger is not None and options.test_data:
-        measured["triggered"] = prepare_triggered(lm, _dataset(options.test_data, None, options.seed), spec, pre)
-        measured["target"] = spec.target
-    if measured.get("target") is not None and not 0 <= measured["target"] < lm.num_classes:
-        raise DataError(f"target {measured['target']} is out of range (the model has {lm.num_classes} classes)")
-    return lm, measured
-
-
-def _audit_measure(measured):
-    """The audit hook: CA and ASR on the test data before and after the chosen mask (never seen by the search)."""
-    from onnx_onp.metrics import attack_scores, clean_accuracy
-
-    def measure(evaluator, mask):
-        out = {}
-        if "clean" in measured:
-            clean = measured["clean"]
-            out["clean_accuracy"] = {"before": clean_accuracy(evaluator, clean),
-                                     "after": clean_accuracy(evaluator, clean, mask), "samples": len(clean)}
-        if "triggered" in measured:
-            triggered, target = measured["triggered"], measured["target"]
-            before, after = attack_scores(evaluator, triggered, target), attack_scores(evaluator, triggered, target,
-                                                                                      mask)
-            out["attack_success_rate"] = {"before": before.asr, "after": after.asr, "samples": after.samples}
-            out["robust_accuracy"] = {"before": before.ra, "after": after.ra}
-        return out or None
-    return measure
-
-
 def _write_reports(report, options, progress) -> None:
-    report_text = json.dumps(report, indent=2, default=_json_default) + "\n"
-    if options.report_path:
-        _write_text(options.report_path, report_text)
-    if options.html_path:
-        from onnx_onp.report.html import render_html
+    from onnx_onp.report import report_html, report_json
 
+    if options.report_path:
+        _write_text(options.report_path, report_json(report))
+    if options.sarif_path:
+        from onnx_onp.report.sarif import sarif_text
+
+        _write_text(options.sarif_path, sarif_text([report]))
+    if options.html_path:
         progress.stage("writing the HTML report")
-        _write_text(options.html_path, render_html(json.loads(report_text)))  # the page shows exactly what the JSON says
+        _write_text(options.html_path, report_html(report))  # the page shows exactly what the JSON says
         progress.close()
 
 

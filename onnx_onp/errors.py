@@ -14,6 +14,13 @@ class OnpError(Exception):
     kind = "error"
 
 
+class UsageError(OnpError):
+    """Options that do not go together (click's own usage errors exit 2 as well)."""
+
+    exit_code = 2
+    kind = "usage"
+
+
 class ModelFileError(OnpError):
     """The file is not ONNX, is truncated or corrupt, or cannot be read."""
 
@@ -59,6 +66,7 @@ class MaskError(OnpError):
 # Gate outcomes (not errors): what `sanitize` and `audit` return for their verdict, by --fail-on.
 GATE_SUSPECTED = 10
 GATE_UNSANITIZABLE = 11
+BATCH_SOME_FAILED = 12  # a batch audit went on past models it could not audit
 
 EXIT_CODES = {
     0: "success (sanitize, audit: nothing that --fail-on fails on)",
@@ -73,4 +81,5 @@ EXIT_CODES = {
     GATE_SUSPECTED: "backdoor suspected (with --fail-on suspected)",
     GATE_UNSANITIZABLE: "backdoor suspected and not removed: no pruning within the clean-accuracy budget, or the "
                         "backdoor remains after pruning",
+    BATCH_SOME_FAILED: "batch audit: some models could not be audited (their rows in summary.json say why)",
 }

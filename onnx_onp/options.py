@@ -8,6 +8,10 @@ from dataclasses import dataclass, replace
 from .agent.reinforce import TrainConfig
 from .config import SanitizeConfig
 
+# Clean defense images a run draws from --data when --limit is not given (seeded by --seed): 1% of CIFAR-10's
+# training set, the backdoor literature's usual defense budget.
+DEFAULT_DATA_LIMIT = 500
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -17,6 +21,7 @@ class RunOptions:
     shrink: bool = False
     html_path: str | None = None
     report_path: str | None = None
+    sarif_path: str | None = None
     fail_on: str = "unsanitizable"
     detect_only: bool = False
     max_ca_drop: float = 2.0  # points
@@ -38,6 +43,11 @@ class RunOptions:
     seed: int = 0
     provider: str = "auto"
     as_json: bool = False
+
+    @property
+    def data_limit(self) -> int:
+        """How many clean images the run draws from --data."""
+        return self.limit or DEFAULT_DATA_LIMIT
 
     def sanitize_config(self) -> SanitizeConfig:
         """The pipeline's config: the defaults, changed only where these options say."""

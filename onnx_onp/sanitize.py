@@ -9,7 +9,9 @@ module only runs them in order. ``sanitize()`` is what `onnx-onp sanitize` and `
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,3 +163,18 @@ def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, 
 
 def parameter_count(lm: LoadedModel) -> int:
     return int(sum(np.prod(t.dims) for t in lm.model.graph.initializer))
+
+
+class _CallableModule(types.ModuleType):
+    """``onnx_onp.sanitize`` is this module (``from onnx_onp import sanitize as pipeline``,
+    ``import onnx_onp.sanitize as m`` and ``from onnx_onp.sanitize import sanitize`` keep working) and, called,
+    the Python API's ``onnx_onp.api.sanitize(model, data, ...)``: a package attribute cannot be both a function and
+    a submodule, since importing a submodule rebinds the attribute."""
+
+    def __call__(self, model, data, **keywords):
+        from .api import sanitize as api_sanitize
+
+        return api_sanitize(model, data, **keywords)
+
+
+sys.modules[__name__].__class__ = _CallableModule

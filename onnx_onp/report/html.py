@@ -238,6 +238,17 @@ def _table(rows, header=None, numeric=()) -> str:
     return "".join(out)
 
 
+def _recheck(round_record: dict) -> str:
+    """What the deciding detector found when run again on the pruned model (each detector records its own)."""
+    if "resynthesized_mask_l1" in round_record:
+        return f"re-synthesized trigger size {round_record['resynthesized_mask_l1']}"
+    if "reperturbed_share" in round_record:
+        return f"perturbation sends {100 * round_record['reperturbed_share']:.1f}% to the target"
+    keys = [k for k in round_record if k not in ("round", "pruned_groups", "chosen_from", "holdout_ca",
+                                                 "holdout_asr_synthesized", "backdoor_still_found")]
+    return _e(", ".join(f"{k} {round_record[k]}" for k in keys)) or "-"
+
+
 def _figure(src: str | None, alt: str, caption: str) -> str:
     if not src:
         return ""
@@ -394,10 +405,10 @@ def render_html(report: dict) -> str:
         parts.append("<h3>Pruned units</h3>" + _table(rows, header=("layer", "units")))
         if report.get("rounds"):
             parts.append("<h3>Rounds</h3>" + _table(
-                [(r["round"] + 1, r["pruned_groups"], _pct(r.get("holdout_ca")), r["resynthesized_mask_l1"],
+                [(r["round"] + 1, r["pruned_groups"], _pct(r.get("holdout_ca")), _recheck(r),
                   "yes" if r["backdoor_still_found"] else "no") for r in report["rounds"]],
-                header=("round", "groups pruned so far", "held-out CA", "re-synthesized trigger size",
-                        "small trigger still found"), numeric=(0, 1, 3)))
+                header=("round", "groups pruned so far", "held-out CA", "the detector again on the pruned model",
+                        "backdoor still found"), numeric=(0, 1)))
         if report.get("pruned_back", {}).get("restored"):
             back = report["pruned_back"]
             parts.append(f"<p>Given back after the rounds (the probe did not need them; clean accuracy on the "

@@ -1,0 +1,11 @@
+import onnx_onp
+
+result = onnx_onp.sanitize(
+    "fixtures/models/tiny_badnet_cifar10.onnx",       # a path or an onnx.ModelProto
+    "fixtures/data/cifar10_defense_sample.npz",       # clean images: a path or (x, y) arrays
+    spec="fixtures/models/tiny_badnet_cifar10.json",  # preprocessing (and the trigger, for the test ASR)
+    test_data="fixtures/data/cifar10_test_sample.npz")
+print(result.verdict, result.target, result.outcome)  # backdoor suspected 0 sanitized
+print(result.pruned, result.report["audit"])          # {layer: [units]}, test CA and ASR before/after
+result.save("tiny_badnet_cifar10.clean.onnx")
+result.write_html("tiny_badnet_cifar10.html")

@@ -1,0 +1,48 @@
+"""Examples that run from a clone: the shipped CIFAR-10 samples in fixtures/data stand in for ../shared."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnx_onp.data import load_dataset
+from onnx_onp.options import DEFAULT_DATA_LIMIT
+from onnx_onp_cli.main import main
+
+from .conftest import DATA, FIXTURES, TINY, need
+
+SAMPLE = FIXTURES / "data" / "cifar10_defense_sample.npz"
+TEST_SAMPLE = FIXTURES / "data" / "cifar10_test_sample.npz"
+
+
+def test_defense_sample_is_the_cli_default_draw():
+    """The sample holds exactly the images (same order, same labels) a run on the full training set uses."""
+    full = load_dataset(need(DATA / "cifar10_train.npz"), limit=DEFAULT_DATA_LIMIT, seed=0)
+    sample = load_dataset(SAMPLE, limit=DEFAULT_DATA_LIMIT, seed=0)
+    assert len(sample) == DEFAULT_DATA_LIMIT
+    assert np.array_equal(sample.x, full.x) and np.array_equal(sample.y, full.y)
+    test = load_dataset(TEST_SAMPLE)
+    assert len(test) == 2000 and test.x.shape[1:] == (32, 32, 3) and set(np.unique(test.y)) == set(range(10))
+
+
+@pytest.mark.parametrize("extra", [[], ["--spec", str(TINY.with_suffix(".json"))]], ids=["as-in-readme", "spec"])
+def test_readme_first_command_from_a_clone_prunes_what_the_full_set_prunes(tmp_path, extra):
+    """`onnx-onp sanitize fixtures/models/tiny_badnet_cifar10.onnx --data fixtures/data/cifar10_defense_sample.npz
+    -o c.onnx` works, and prunes the same neurons as with ../shared/data/cifar10_train.npz (with the fixture's
+    own preprocessing too, where it finds the real target 0)."""
+    masks, targets = {}, set()
+    for name, data in (("sample", SAMPLE), ("full", need(DATA / "cifar10_train.npz"))):
+        report = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(main, ["sanitize", str(TINY.with_suffix(".onnx")), "--data", str(data),
+                                           "-o", str(tmp_path / f"{name}.onnx"), "--report", str(report), *extra])
+        assert result.exit_code == 0, result.output
+        content = json.loads(report.read_text())
+        assert content["defense_data"]["samples"] == DEFAULT_DATA_LIMIT
+        masks[name] = content["pruned"]["per_layer"]
+        targets.add(content["verdict"]["suspected_target"])
+        assert (tmp_path / f"{name}.onnx").is_file()
+    assert masks["sample"] == masks["full"] and masks["sample"]  # the same neurons, and some
+    assert len(targets) == 1 and (not extra or targets == {0})
