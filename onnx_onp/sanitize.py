@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .config import LARGE_MODEL_PARAMETERS, SanitizeConfig, large_model_schedule
-from .context import PhaseTimer, RunContext, split_defense
+from .context import PhaseTimer, RunContext, check_defense, split_defense
 from .data import Dataset, Preprocess
 from .decide.prune_back import prune_back
 from .detect import DETECTORS, detector_named, run_detectors
@@ -126,6 +126,7 @@ def _context(lm, nmap, defense, evaluator, config, layout, progress, timer) -> R
     layout = layout or Preprocess.infer_layout(lm.input_shape)
     torch.manual_seed(config.seed)
     train, holdout = split_defense(defense, config.decide.holdout, config.seed)
+    check_defense(train, holdout)
     return RunContext(lm=lm, nmap=nmap, evaluator=evaluator, mirror=TorchMirror(lm, nmap), config=config,
                       defense=defense, train=train, holdout=holdout, layout=layout, axes=spatial_axes(layout),
                       progress=progress, timer=timer)
