@@ -20,6 +20,11 @@ def ordinary_permissions(path) -> None:
 _written: list[Path] = []  # outputs completed by this process, removed if the run is interrupted later
 
 
+def track_written(path) -> None:
+    """An output written by other means than atomic_output (a model's external data file)."""
+    _written.append(Path(path))
+
+
 def forget_written() -> None:
     _written.clear()
 

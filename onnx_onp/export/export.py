@@ -18,7 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OutputError, UnsupportedModelError
-from ..files import atomic_output
+from ..files import atomic_output, track_written
 from ..instrument import MaskedEvaluator
 from ..load.loader import LoadedModel
 from ..neuron_map import NeuronMap
@@ -158,12 +158,21 @@ class WrittenModel:
 def write_model(model: onnx.ModelProto, path: Path) -> None:
     """Save atomically: a crash or a failed check never leaves a half-written file at ``path``."""
     path = Path(path)
-    with atomic_output(path) as tmp:
-        if sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data")
-        else:
+    if sum(t.ByteSize() for t in model.graph.initializer) <= _EXTERNAL_DATA_THRESHOLD:
+        with atomic_output(path) as tmp:
             onnx.save_model(model, tmp)
+        return
+    # The weights go to a data file beside the model, written first: removed again if the model is not
+    # written (failure, Ctrl-C), and removed with the model if the run is interrupted later.
+    data = path.parent / f"{path.name}.data"
+    try:
+        with atomic_output(path) as tmp:
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name)
+    except BaseException:
+        data.unlink(missing_ok=True)
+        raise
+    track_written(data)
 
 
 def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: bool = False,
