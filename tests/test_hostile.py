@@ -280,3 +280,18 @@ def test_defense_data_with_one_class_or_too_few_others(tiny, tmp_path, labels, m
                           DataError.exit_code)
     assert message in line
     assert not out.exists()
+
+
+def test_fixed_batch_size_with_a_partial_last_batch(tmp_path):
+    """A model declared for exactly 3 images still gets 40 (13 batches and a padded 14th), found by fuzzing."""
+    model = hostile.tiny_cnn()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 3
+    path = save(model, tmp_path / "fixed3.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8), y=np.arange(40) % 3)
+    result = run("evaluate", path, "--data", tmp_path / "d.npz", "--json")
+    assert result.exit_code == 0, result.output
+    result = run("prune", path, "--neurons", "#1:0", "-o", tmp_path / "p.onnx", "--data", tmp_path / "d.npz",
+                 "--limit", "40")
+    assert result.exit_code == 0, result.output

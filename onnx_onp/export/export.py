@@ -20,6 +20,7 @@ from onnx import numpy_helper
 from ..errors import OutputError, UnsupportedModelError
 from ..files import atomic_output, track_written
 from ..instrument import MaskedEvaluator
+from ..instrument.masked import fill_fixed_batch
 from ..load.loader import LoadedModel
 from ..neuron_map import NeuronMap
 from ..neuron_map.build import compact_ids
@@ -175,6 +176,11 @@ def write_model(model: onnx.ModelProto, path: Path) -> None:
     track_written(data)
 
 
+def _run_batch(session, lm: LoadedModel, x: np.ndarray) -> np.ndarray:
+    (filled,) = fill_fixed_batch(np.ascontiguousarray(x, dtype=lm.input_dtype), fixed=lm.batch_fixed)
+    return session.run([lm.output_name], {lm.input_name: filled})[0][:len(x)]
+
+
 def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: bool = False,
                   check_inputs: np.ndarray | None = None, provider: str = "auto",
                   evaluator: MaskedEvaluator | None = None, tolerance: float = TOLERANCE) -> WrittenModel:
@@ -194,7 +200,7 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
     expected = evaluator.logits(check_inputs, pruned)
     session, used = make_session(model, provider, what=f"{out_path} (pruned)")
     batch = lm.batch_fixed or 256
-    got = np.concatenate([session.run([lm.output_name], {lm.input_name: check_inputs[i:i + batch]})[0]
+    got = np.concatenate([_run_batch(session, lm, check_inputs[i:i + batch])
                           for i in range(0, len(check_inputs), batch)]).reshape(expected.shape)
     diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
     if not diff <= tolerance:
