@@ -22,10 +22,19 @@ DEFAULT_MAX_NODES = 5000  # the largest ONNX-zoo image classifiers have ~2,000; 
 
 
 def physical_memory() -> int:
+    """The machine's memory, or the container's (cgroup) limit when that is lower."""
     try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        memory = int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        memory = 8 << 30
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = open(limit_file).read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            memory = min(memory, int(text))
+    return memory
 
 
 @dataclass(frozen=True)
