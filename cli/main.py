@@ -6,7 +6,10 @@ with --debug. Human output by default, ``--json`` for machines.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,7 +17,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from onnx_onp.errors import EXIT_CODES, MaskError, OnpError
+from onnx_onp.errors import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED, MaskError, OnpError,
+                             Terminated, UnsupportedModelError)
 
 EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in sorted(EXIT_CODES.items()))
 
@@ -22,32 +26,129 @@ EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in sorted(EX
 class _Cli(click.Group):
     """Turns every failure into one line and an exit code."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's own usage errors become one ``error:`` line too (exit 2), not four lines of usage text."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        previous = _catch_sigterm()
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) is not None else ""
+            click.echo(f"error: {_one_line(exc.format_message())}{hint}", err=True)
+            code = exc.exit_code
+        except click.Abort:  # Ctrl-C before a command started (while click parsed the arguments)
+            click.echo("error: interrupted", err=True)
+            code = 130
+        finally:
+            _restore_sigterm(previous)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
+        from onnx_onp.files import forget_written
+
         debug = "--debug" in sys.argv
+        forget_written()  # only what this invocation writes is removed on an interrupt
         try:
             return super().invoke(ctx)
         except OnpError as exc:
             if debug:
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {_one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): remove what this run wrote
+            ctx.exit(_interrupted(exc))
+        except BrokenPipeError:  # `onnx-onp inspect MODEL | head`: the reader left; nothing more to say
+            _silence_stdout()
+            ctx.exit(EXIT_BROKEN_PIPE)
+        except MemoryError:
+            if debug:
+                raise
+            from onnx_onp import limits
+
+            click.echo("error: out of memory while running the model (the declared shapes passed the "
+                       f"{limits.format_size(limits.current().max_memory)} cap: lower --max-memory to refuse "
+                       "such models up front)", err=True)
+            ctx.exit(UnsupportedModelError.exit_code)
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
             if debug:
                 raise
-            click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)", err=True)
+            click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+                       "(rerun with --debug for details)", err=True)
             ctx.exit(1)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _catch_sigterm():
+    """SIGTERM raises Terminated (a KeyboardInterrupt) so that temporary files are removed on the way out."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (an embedding application): leave its handler alone
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """Remove the outputs this run already wrote (temporary files are gone by now), say so in one line."""
+    from onnx_onp.files import remove_written
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not stop the clean-up half way
+        try:
+            signal.signal(sig, signal.SIG_IGN)
+        except ValueError:
+            pass
+    removed = remove_written()
+    terminated = isinstance(exc, Terminated)
+    what = "terminated (SIGTERM)" if terminated else "interrupted (SIGINT)"
+    click.echo(f"error: {what}; " + (f"removed {len(removed)} output file(s) written before it"
+                                     if removed else "no output written"), err=True)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+
+
+def _size(ctx, param, text: str | None) -> int | None:
+    from onnx_onp import limits
+
+    if text is None:
+        return None
+    try:
+        return limits.parse_size(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.group(cls=_Cli, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--max-memory", metavar="SIZE", callback=_size, help="Refuse models whose declared tensors need more than this at "
+                                                    "batch size 1 (e.g. 8G; default: half the machine's memory).")
+@click.option("--max-model-size", metavar="SIZE", callback=_size, help="Refuse .onnx files larger than this (default 2G).")
+@click.option("--max-nodes", type=click.IntRange(min=1), help="Refuse models with more nodes, subgraphs "
+                                                               "included (default 5000).")
 @click.version_option(package_name="onnx-onp")
-def main(debug):
+def main(debug, max_memory, max_model_size, max_nodes):
     """Find and remove backdoor neurons in ONNX image classifiers."""
+    from onnx_onp import limits
+
+    limits.configure(max_memory=max_memory, max_model_bytes=max_model_size, max_nodes=max_nodes)
 
 
 def _emit(as_json: bool, payload: dict, human) -> None:

@@ -42,6 +42,31 @@ def split_check(data: Prepared, share: float | None, seed: int) -> tuple[Prepare
     return Prepared(data.x[rest], data.y[rest]), Prepared(data.x[check], data.y[check])
 
 
+# Trigger synthesis stamps candidate triggers on images of the other classes: with fewer than this many in
+# the training part of the defense data, every step would reuse the same one or two images.
+MIN_OTHER_IMAGES = 8
+
+
+def check_defense(train: Prepared, holdout: Prepared) -> None:
+    """Refuse defense data the analysis cannot use, in one line (DataError) rather than deep inside it."""
+    from .errors import DataError
+
+    labels, counts = np.unique(train.y, return_counts=True)
+    if len(labels) < 2:
+        raise DataError(f"the defense data's training part has images of {len(labels)} class"
+                        f"{'' if len(labels) == 1 else 'es'} ({', '.join(map(str, labels.tolist())) or 'none'}); "
+                        "trigger synthesis needs images of at least two classes")
+    others = len(train.y) - counts
+    if others.min() < MIN_OTHER_IMAGES:
+        worst = int(labels[others.argmin()])
+        raise DataError(f"the defense data's training part has only {int(others.min())} images outside class "
+                        f"{worst}; trigger synthesis needs at least {MIN_OTHER_IMAGES} images of other classes "
+                        "for every class (give more images, of more classes)")
+    if len(holdout) < 2:
+        raise DataError(f"the defense data has {len(train) + len(holdout)} images: too few to hold any out for "
+                        "the clean-accuracy check")
+
+
 @dataclass
 class RunContext:
     lm: object  # load.LoadedModel

@@ -17,6 +17,31 @@ def ordinary_permissions(path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+_written: list[Path] = []  # outputs completed by this process, removed if the run is interrupted later
+
+
+def track_written(path) -> None:
+    """An output written by other means than atomic_output (a model's external data file)."""
+    _written.append(Path(path))
+
+
+def forget_written() -> None:
+    _written.clear()
+
+
+def remove_written() -> list[Path]:
+    """Delete the outputs this process wrote (an interrupted run must leave none); return those removed."""
+    removed = []
+    while _written:
+        path = _written.pop()
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
 @contextmanager
 def atomic_output(path):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on any failure it is removed.
@@ -34,6 +59,7 @@ def atomic_output(path):
             yield temporary
             ordinary_permissions(temporary)
             os.replace(temporary, target)
+            _written.append(target)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise

@@ -11,6 +11,11 @@ import onnxruntime as ort
 
 from .errors import UnsupportedModelError
 
+# Fatal only (4): at 3 (errors) onnxruntime still prints a coloured "[E:onnxruntime:...]" line for every
+# failing kernel before our one-line error, which already carries the same message from the exception.
+QUIET = 4
+ort.set_default_logger_severity(QUIET)
+
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
 _NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -32,7 +37,7 @@ def make_session(model: onnx.ModelProto | bytes, provider: str = "auto", *, what
     if provider in ("auto", "cuda") and _NAMES["cuda"] in available_providers():
         wanted = [_NAMES["cuda"], "CPUExecutionProvider"]
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # onnxruntime's warnings would drown the one-line errors
+    options.log_severity_level = QUIET  # its warnings and error lines would drown the one-line errors
     if threads:
         options.intra_op_num_threads = threads
     if not arena:  # many sessions at once: each arena would keep its largest batch's activations for good

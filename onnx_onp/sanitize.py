@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .config import LARGE_MODEL_PARAMETERS, SanitizeConfig, large_model_schedule
-from .context import PhaseTimer, RunContext, split_check, split_defense
+from .context import PhaseTimer, RunContext, check_defense, split_check, split_defense
 from .data import Dataset, Preprocess
 from .decide.prune_back import prune_back
 from .detect import DETECTORS, detector_named, run_detectors
@@ -132,6 +132,7 @@ def _context(lm, nmap, defense, evaluator, config, layout, progress, timer) -> R
     torch.manual_seed(config.seed)
     searched, check = split_check(defense, config.verify.check_share, config.seed)
     train, holdout = split_defense(searched, config.decide.holdout, config.seed)
+    check_defense(train, holdout)
     return RunContext(lm=lm, nmap=nmap, evaluator=evaluator, mirror=TorchMirror(lm, nmap), config=config,
                       defense=defense, train=train, holdout=holdout, layout=layout, axes=spatial_axes(layout),
                       progress=progress, timer=timer, check=check)

@@ -311,11 +311,12 @@ def test_fit_to_input():
     with pytest.raises(DataError) as info:
         Preprocess().fit_to_input((5, 28, 28, 1), [None, 3, 32, 32])
     assert str(info.value) == (
-        "data images are 28×28×1 but the model expects 3×32×32 (NCHW); use --resize or check --layout"
+        "data images are 28×28×1 but the model expects 3×32×32 (NCHW); set \"resize\": [H, W] or check "
+        "\"layout\" in the preprocess JSON (--preprocess or --spec)"
     )
-    with pytest.raises(DataError, match=r"expects 3×32×32 \(NHWC\); use --layout NCHW$"):
+    with pytest.raises(DataError, match=r'expects 3×32×32 \(NHWC\); set "layout": "NCHW" in the preprocess JSON'):
         Preprocess(layout="NHWC").fit_to_input((5, 32, 32, 3), [None, 3, 32, 32])
-    with pytest.raises(DataError, match=r"expects 32×32×3 \(NCHW\); use --layout NHWC$"):
+    with pytest.raises(DataError, match=r'expects 32×32×3 \(NCHW\); set "layout": "NHWC" in the preprocess JSON'):
         Preprocess().fit_to_input((5, 32, 32, 3), [None, 32, 32, 3])
     with pytest.raises(DataError, match=r"resized to 16×16×3"):
         Preprocess(resize=(16, 16)).fit_to_input((5, 32, 32, 3), [None, 3, 32, 32])

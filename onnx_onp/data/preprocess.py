@@ -116,7 +116,10 @@ class Preprocess:
             data = f"{h}×{w}×{c}" + (f" (resized to {out_h}×{out_w}×{c})" if self.resize else "")
             other = LAYOUTS[1 - LAYOUTS.index(self.layout)]
             fits_other = _fits(shape, other, (out_h, out_w, c))
-            hint = f"use --layout {other}" if fits_other else "use --resize or check --layout"
+            # There are no --layout/--resize options: both live in the preprocess JSON (--preprocess, or --spec's
+            # "preprocess").
+            hint = (f'set "layout": "{other}" in the preprocess JSON (--preprocess or the --spec file)' if fits_other
+                    else 'set "resize": [H, W] or check "layout" in the preprocess JSON (--preprocess or --spec)')
             raise DataError(
                 f"data images are {data} but the model expects {_shape_text(shape[1:], '×')} ({self.layout}); {hint}"
             )

@@ -18,8 +18,9 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import OutputError, UnsupportedModelError
-from ..files import atomic_output
+from ..files import atomic_output, track_written
 from ..instrument import MaskedEvaluator
+from ..instrument.masked import fill_fixed_batch
 from ..load.loader import LoadedModel
 from ..neuron_map import NeuronMap
 from ..neuron_map.build import compact_ids
@@ -158,12 +159,26 @@ class WrittenModel:
 def write_model(model: onnx.ModelProto, path: Path) -> None:
     """Save atomically: a crash or a failed check never leaves a half-written file at ``path``."""
     path = Path(path)
-    with atomic_output(path) as tmp:
-        if sum(t.ByteSize() for t in model.graph.initializer) > _EXTERNAL_DATA_THRESHOLD:
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data")
-        else:
+    if sum(t.ByteSize() for t in model.graph.initializer) <= _EXTERNAL_DATA_THRESHOLD:
+        with atomic_output(path) as tmp:
             onnx.save_model(model, tmp)
+        return
+    # The weights go to a data file beside the model, written first: removed again if the model is not
+    # written (failure, Ctrl-C), and removed with the model if the run is interrupted later.
+    data = path.parent / f"{path.name}.data"
+    try:
+        with atomic_output(path) as tmp:
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name)
+    except BaseException:
+        data.unlink(missing_ok=True)
+        raise
+    track_written(data)
+
+
+def _run_batch(session, lm: LoadedModel, x: np.ndarray) -> np.ndarray:
+    (filled,) = fill_fixed_batch(np.ascontiguousarray(x, dtype=lm.input_dtype), fixed=lm.batch_fixed)
+    return session.run([lm.output_name], {lm.input_name: filled})[0][:len(x)]
 
 
 def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: bool = False,
@@ -185,7 +200,7 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
     expected = evaluator.logits(check_inputs, pruned)
     session, used = make_session(model, provider, what=f"{out_path} (pruned)")
     batch = lm.batch_fixed or 256
-    got = np.concatenate([session.run([lm.output_name], {lm.input_name: check_inputs[i:i + batch]})[0]
+    got = np.concatenate([_run_batch(session, lm, check_inputs[i:i + batch])
                           for i in range(0, len(check_inputs), batch)]).reshape(expected.shape)
     diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
     if not diff <= tolerance:

@@ -166,12 +166,15 @@ class MaskedEvaluator:
     def run(self, x: np.ndarray, mask=None, *, multipliers=None, with_extras: bool = False):
         """Model outputs for a batch under a mask (one mask, or one per sample as an [N, groups] array)."""
         mask = self.nmap.empty_mask() if mask is None else mask
-        feeds = {self.lm.input_name: np.ascontiguousarray(x, dtype=self.lm.input_dtype),
-                 MASK_INPUT: self._keep(mask, x.shape[0], multipliers)}
+        rows = x.shape[0]
+        x, keep = fill_fixed_batch(np.ascontiguousarray(x, dtype=self.lm.input_dtype),
+                                   self._keep(mask, rows, multipliers), fixed=self.lm.batch_fixed)
         start = time.perf_counter()
-        outputs = self.session.run(self.output_names if with_extras else [self.lm.output_name], feeds)
+        outputs = self.session.run(self.output_names if with_extras else [self.lm.output_name],
+                                   {self.lm.input_name: x, MASK_INPUT: keep})
         self._seconds_full += time.perf_counter() - start
         self.runs += 1
+        outputs = [out[:rows] for out in outputs]
         outputs[0] = outputs[0].reshape(outputs[0].shape[0], -1)  # [N, K, 1, 1] class maps count as [N, K]
         return outputs if with_extras else outputs[0]
 
@@ -233,6 +236,15 @@ class MaskedEvaluator:
         accuracy = float((predictions == y).mean()) if len(y) else float("nan")
         return Scores(accuracy=accuracy, loss=cross_entropy(out, y, self.lm.output_is_probability),
                       predictions=predictions, seconds=seconds)
+
+
+def fill_fixed_batch(x: np.ndarray, *others: np.ndarray, fixed: int | None = None):
+    """Pad a batch smaller than a model's fixed batch size by repeating its last row (the extra rows' outputs
+    are dropped), so that the last, partial batch of a model declared for N=3 still runs."""
+    if not fixed or len(x) >= fixed or not len(x):
+        return (x, *others)
+    pad = fixed - len(x)
+    return tuple(np.concatenate([a, np.repeat(a[-1:], pad, axis=0)]) for a in (x, *others))
 
 
 def cross_entropy(out: np.ndarray, y: np.ndarray, is_probability: bool) -> float:

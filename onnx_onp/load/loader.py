@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import onnx
 from onnx import numpy_helper
 from google.protobuf.message import DecodeError
 
+from .. import limits
 from ..errors import ExternalDataError, ModelFileError, UnsupportedModelError
 from ..runtime import make_session
 
@@ -77,11 +80,15 @@ def load_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None) 
     path = Path(path)
     raw = _read_bytes(path)
     model = _parse(raw, path)
+    limits.check_nodes(model, str(path))
     _load_external_data(model, path)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as exc:
         raise ModelFileError(f"{path}: invalid ONNX model: {_first_line(exc)}") from None
+    # Before normalise: folding a ConstantOfShape or Range would allocate what the shapes declare.
+    limits.check_memory(model, str(path))
+    _check_finite_weights(model, str(path))
     normalised = normalise(model)
     return probe(normalised, path=path, sha256=hashlib.sha256(raw).hexdigest(), input_shape=input_shape)
 
@@ -89,6 +96,9 @@ def load_model(path: str | Path, *, input_shape: tuple[int, ...] | None = None) 
 def load_model_proto(model: onnx.ModelProto, *, input_shape=None) -> LoadedModel:
     """Same as load_model for a model already in memory (tests, pipelines); the proto is not modified."""
     raw = model.SerializeToString()
+    limits.check_nodes(model, "model")
+    limits.check_memory(model, "model")
+    _check_finite_weights(model, "model")
     return probe(normalise(model), path=None, sha256=hashlib.sha256(raw).hexdigest(), input_shape=input_shape)
 
 
@@ -98,14 +108,29 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _read_bytes(path: Path) -> bytes:
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelFileError(f"{path}: is a folder, not an ONNX file")
+    """The file's bytes, after checking (without reading) that it is a regular file within the size cap: a
+    symlink to /dev/zero or a FIFO would otherwise be read until memory runs out, or forever."""
     try:
-        raw = path.read_bytes()
+        info = os.stat(path)  # follows symlinks: what would be read
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
+    except (OSError, ValueError) as exc:  # symlink loop, name too long, NUL in the name
+        raise ModelFileError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ModelFileError(f"{path}: is a folder, not an ONNX file")
+    if not stat.S_ISREG(info.st_mode):
+        raise ModelFileError(f"{path}: not a regular file (a device, pipe or socket); refused without reading it")
+    cap = limits.current().max_model_bytes
+    if info.st_size > cap:
+        raise ModelFileError(f"{path}: {limits.format_size(info.st_size)}, over the model-file cap of "
+                             f"{limits.format_size(cap)} (--max-model-size)")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(cap + 1)  # the file may grow between stat and read
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > cap:
+        raise ModelFileError(f"{path}: over the model-file cap of {limits.format_size(cap)} (--max-model-size)")
     if not raw:
         raise ModelFileError(f"{path}: empty file, not an ONNX model")
     return raw
@@ -127,22 +152,13 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
     """Load external tensor data, refusing any location outside the model's folder."""
     base = path.parent.resolve()
     tensors = [t for t in _all_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL]
+    total = 0
     for tensor in tensors:
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        target = (base / location).resolve()
-        if not location or Path(location).is_absolute() or not target.is_relative_to(base):
-            raise ExternalDataError(
-                f"{path}: tensor '{tensor.name}' points to external data '{location}' outside the model's folder")
-        if not target.is_file():
-            raise ExternalDataError(f"{path}: tensor '{tensor.name}': external data file '{location}' not found")
-        size = target.stat().st_size
-        offset = int(info.get("offset", 0) or 0)
-        length = int(info.get("length", 0) or 0)
-        if offset + length > size:
-            raise ExternalDataError(
-                f"{path}: tensor '{tensor.name}': external data '{location}' is truncated "
-                f"(needs {offset + length} bytes, has {size})")
+        total += _check_external_entry(tensor, path, base)
+    cap = limits.current().max_memory
+    if total > cap:
+        raise UnsupportedModelError(f"{path}: external data of {limits.format_size(total)}, over the memory cap "
+                                    f"of {limits.format_size(cap)} (--max-memory)")
     if tensors:
         try:
             onnx.external_data_helper.load_external_data_for_model(model, str(base))
@@ -150,17 +166,83 @@ def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
             raise ExternalDataError(f"{path}: cannot load external data: {_first_line(exc)}") from None
 
 
+def _check_external_entry(tensor: onnx.TensorProto, path: Path, base: Path) -> int:
+    """Check one tensor's external-data entry (location inside the folder, a regular file, integer offset and
+    length within it); return the bytes it will read."""
+    info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    where = f"{path}: tensor '{tensor.name}'"
+    if not location or "\0" in location or Path(location).is_absolute():
+        raise ExternalDataError(f"{where} points to external data {location!r} outside the model's folder")
+    try:
+        target = (base / location).resolve()
+        inside = target.is_relative_to(base)
+        info_target = os.stat(target) if inside else None
+    except FileNotFoundError:
+        raise ExternalDataError(f"{where}: external data file {location!r} not found") from None
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, over-long names
+        raise ExternalDataError(f"{where}: cannot open external data {location!r}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not inside:
+        raise ExternalDataError(f"{where} points to external data {location!r} outside the model's folder")
+    if not stat.S_ISREG(info_target.st_mode):
+        raise ExternalDataError(f"{where}: external data {location!r} is not a regular file")
+    size = info_target.st_size
+    offset, length = (_external_int(info, key, where) for key in ("offset", "length"))
+    if length is None:
+        length = size - (offset or 0)
+    offset = offset or 0
+    if offset + length > size:
+        raise ExternalDataError(f"{where}: external data {location!r} is truncated "
+                                f"(needs {offset + length} bytes, has {size})")
+    return length
+
+
+def _external_int(info: dict, key: str, where: str) -> int | None:
+    text = info.get(key)
+    if text in (None, ""):
+        return None
+    if not text.isdigit():  # onnx would call int() on it: 'abc' or '576.5' would be a ValueError
+        raise ExternalDataError(f"{where}: external data {key} {text!r} is not a non-negative integer")
+    return int(text)
+
+
 def _all_tensors(graph: onnx.GraphProto):
     yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield attr.t
+            elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield attr.sparse_tensor.values
+                yield attr.sparse_tensor.indices
             elif attr.type == onnx.AttributeProto.GRAPH:
                 yield from _all_tensors(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
                     yield from _all_tensors(g)
+
+
+def _check_finite_weights(model: onnx.ModelProto, where: str) -> None:
+    """Refuse NaN or Inf in float weights: every result computed from them would be meaningless, and the
+    export check would blame the pruned model for the input's NaNs."""
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_type not in _FLOAT_TYPES:
+            continue
+        try:
+            values = numpy_helper.to_array(tensor)
+        except Exception:  # noqa: BLE001 - malformed tensors are the checker's and onnxruntime's to report
+            continue
+        bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise UnsupportedModelError(f"{where}: weight '{tensor.name}' holds {bad} NaN or infinite values; "
+                                        "repair or retrain the model first")
+
+
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -356,6 +438,10 @@ def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedMo
             small[name] = numpy_helper.to_array(tensor)
 
     out_shape = shapes[output_name]
+    if dtypes.get(output_name, np.dtype(np.float32)).kind != "f":
+        kind = dtypes[output_name]
+        raise UnsupportedModelError(f"{where}: output '{output_name}' is {'string' if kind.kind in 'OSU' else kind}; "
+                                    "expected float class scores")
     if len(out_shape) < 2 or out_shape[1] < 2 or any(d != 1 for d in out_shape[2:]):
         raise UnsupportedModelError(f"{where}: output '{output_name}' has shape {list(out_shape)} at batch size 1; "
                                     "expected class scores of shape [N, classes]")

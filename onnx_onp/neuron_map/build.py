@@ -182,9 +182,21 @@ class _Builder:
     def build(self) -> NeuronMap:
         for node in self.graph.node:
             self._visit(node)
+        self._block_subgraph_references()
         for out in self.graph.output:
             self._block(out.name, f"reaches the model output '{out.name}' (final classifier)")
         return self._finish()
+
+    def _block_subgraph_references(self) -> None:
+        """An If/Loop/Scan body reads outer tensors and weights by name, invisibly to the walk: every neuron
+        whose tensor or weight it names is unprunable (the export would edit or mask it under the body)."""
+        for node in self.graph.node:
+            for name in _subgraph_references(node):
+                reason = f"read inside the {node.op_type} '{node.name}' subgraph, which the neuron map does not follow"
+                self._block(name, reason)
+                for weight, _axis, ids, _producer in self.param_sites:
+                    if weight == name:
+                        self._block_ids(np.asarray(ids), reason)
 
     def _visit(self, node: onnx.NodeProto) -> None:
         op = node.op_type
@@ -603,6 +615,20 @@ class _Builder:
         return NeuronMap(layers=self.layers, groups=groups, neuron_group=neuron_group.astype(np.int64),
                          mask_sites=mask_sites, param_sites=param_sites, shape_sites=shape_sites,
                          blocked_tensors=self.blocked_tensors)
+
+
+def _subgraph_references(node: onnx.NodeProto) -> set[str]:
+    """Every name that a node's subgraphs (nested ones too) read or return: a superset of the outer-scope
+    tensors they use, which is safe since it only blocks more."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            names.update(o.name for o in graph.output)
+            for inner in graph.node:
+                names.update(n for n in inner.input if n)
+                names |= _subgraph_references(inner)
+    return names
 
 
 def build_neuron_map(lm: LoadedModel) -> NeuronMap:
