@@ -27,7 +27,7 @@ from .load import load_model
 from .load.loader import LoadedModel, load_model_proto
 from .options import RunOptions
 from .report.finish import finish_report, report_html, report_json
-from .report.verdict import NOT_SANITIZED, SUSPECTED
+from .report.verdict import NOT_SANITIZED, STATUS_SANITIZED, SUSPECTED
 
 __all__ = ["Result", "sanitize", "audit", "run", "check_target"]
 
@@ -59,8 +59,14 @@ class Result:
 
     @property
     def outcome(self) -> str:
-        """What was done: 'sanitized', 'no backdoor evidence: nothing pruned', 'cannot sanitize ...', ..."""
+        """What was done: 'sanitized', 'no backdoor evidence: nothing pruned', 'cannot sanitize ...',
+        'backdoor remains', ..."""
         return self.report["status"]
+
+    @property
+    def sanitized(self) -> bool:
+        """Pruned, and the final check on unseen images found neither the backdoor nor a CA cost over budget."""
+        return self.outcome == STATUS_SANITIZED
 
     @property
     def target(self) -> int | None:

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import onnx_onp
 from onnx_onp.api import Result
 from onnx_onp.errors import OutputError, UsageError
-from onnx_onp.report import STATUS_UNSANITIZABLE, validate_report
+from onnx_onp.report import STATUS_REMAINS, STATUS_UNSANITIZABLE, validate_report
 from onnx_onp.report.html import render_html
 from onnx_onp_cli.main import main
 
@@ -33,13 +33,19 @@ def test_readme_snippet_runs_from_a_clone(tmp_path, monkeypatch, capsys):
     namespace = runpy.run_path(str(EXAMPLE))
     out = capsys.readouterr().out
     result = namespace["result"]
-    assert f"backdoor suspected 0 sanitized" in out and result.target == 0 and result.pruned
+    assert "backdoor suspected 0" in out and result.target == 0 and result.pruned
+    assert f"{result.outcome} {result.exit_code}" in out and result.exit_code == (0 if result.sanitized else 11)
     assert result.report["audit"]["attack_success_rate"]["after"] < result.report["audit"]["attack_success_rate"][
         "before"]
     validate_report(json.loads(json.dumps(result.report)))
     assert "backdoor suspected" in (tmp_path / "tiny_badnet_cifar10.html").read_text()
-    written = onnx.load(str(tmp_path / "tiny_badnet_cifar10.clean.onnx"))
-    assert written.SerializeToString() == result.pruned_model.SerializeToString()
+    saved = tmp_path / "tiny_badnet_cifar10.clean.onnx"
+    assert saved.exists() == result.sanitized  # a model the final check did not pass is never saved
+    if result.sanitized:
+        assert onnx.load(str(saved)).SerializeToString() == result.pruned_model.SerializeToString()
+    else:
+        with pytest.raises(OutputError, match="not written"):
+            result.save(saved)
 
 
 def test_in_memory_inputs_give_the_cli_result_and_keep_torch_state(tmp_path, monkeypatch):
@@ -49,7 +55,7 @@ def test_in_memory_inputs_give_the_cli_result_and_keep_torch_state(tmp_path, mon
 
     report = tmp_path / "cli.json"
     cli = CliRunner().invoke(main, ["sanitize", str(TINY.with_suffix(".onnx")), "--data", str(SAMPLE), "--report",
-                                    str(report), "--provider", "cpu"])
+                                    str(report), "--provider", "cpu", "--fail-on", "never"])
     assert cli.exit_code == 0, cli.output
     expected = json.loads(report.read_text())
 
@@ -63,7 +69,7 @@ def test_in_memory_inputs_give_the_cli_result_and_keep_torch_state(tmp_path, mon
     expected_draw = torch.rand(3)
     torch.manual_seed(1234)
     result = onnx_onp.sanitize(onnx.load(str(TINY.with_suffix(".onnx"))), (x, y), provider="cpu",
-                               output=tmp_path / "clean.onnx")
+                               output=tmp_path / "clean.onnx", fail_on="never")
     assert torch.get_num_threads() == 2 and torch.equal(torch.rand(3), expected_draw)
     assert providers == ["cpu"]
     assert result.verdict == expected["verdict"]["verdict"] and result.pruned == expected["pruned"]["per_layer"]
@@ -94,10 +100,11 @@ def test_bad_calls():
         onnx_onp.sanitize(str(TINY.with_suffix(".onnx")), str(SAMPLE), max_ca_dorp=1.0)
     with pytest.raises(UsageError, match="--poisoned-data"):
         onnx_onp.audit(str(TINY.with_suffix(".onnx")), str(SAMPLE), target=0)
-    unsanitizable = Result(report={"status": STATUS_UNSANITIZABLE}, mask=np.zeros(1, bool), model=None, nmap=None,
+    for status in (STATUS_UNSANITIZABLE, STATUS_REMAINS):
+        unsanitizable = Result(report={"status": status}, mask=np.zeros(1, bool), model=None, nmap=None,
                            evaluator=None, check_inputs=None)
-    with pytest.raises(OutputError, match="not written"):
-        unsanitizable.save("never.onnx")
+        with pytest.raises(OutputError, match="not written"):
+            unsanitizable.save("never.onnx")
 
 
 def test_target_without_poisoned_data_is_a_one_line_usage_error():

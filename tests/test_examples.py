@@ -38,11 +38,14 @@ def test_readme_first_command_from_a_clone_prunes_what_the_full_set_prunes(tmp_p
         report = tmp_path / f"{name}.json"
         result = CliRunner().invoke(main, ["sanitize", str(TINY.with_suffix(".onnx")), "--data", str(data),
                                            "-o", str(tmp_path / f"{name}.onnx"), "--report", str(report), *extra])
-        assert result.exit_code == 0, result.output
         content = json.loads(report.read_text())
+        # The gate's honest answer on 500 images may be exit 11 (the final check could not confirm the CA
+        # budget, or found the backdoor): then no model is written. Either way the code and the file agree.
+        sanitized = content["status"] == "sanitized"
+        assert result.exit_code == content["exit_code"] == (0 if sanitized else 11), result.output
         assert content["defense_data"]["samples"] == DEFAULT_DATA_LIMIT
         masks[name] = content["pruned"]["per_layer"]
         targets.add(content["verdict"]["suspected_target"])
-        assert (tmp_path / f"{name}.onnx").is_file()
+        assert (tmp_path / f"{name}.onnx").is_file() == sanitized
     assert masks["sample"] == masks["full"] and masks["sample"]  # the same neurons, and some
     assert len(targets) == 1 and (not extra or targets == {0})
