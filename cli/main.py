@@ -253,9 +253,22 @@ def inspect(model, show_groups, as_json):
             click.echo("\ngroups of several neurons:")
             for g in p["groups_detail"]:
                 flag = "" if g["prunable"] else "  (unprunable)"
-                click.echo(f"  group {g['group']}: {', '.join(g['neurons'])}{flag}")
+                click.echo(f"  group {g['group']} ({g['size']} neurons): {_unit_ranges(g['neurons'])}{flag}")
 
     _emit(as_json, payload, human)
+
+
+def _unit_ranges(labels: list[str]) -> str:
+    """'L:0, L:1, L:2, M:5' -> 'L:0-2, M:5' (an attention head is a run of units in each of Q, K and V)."""
+    runs: list[list] = []  # [layer, first, last]
+    for label in labels:
+        layer, _, unit = label.rpartition(":")
+        unit = int(unit)
+        if runs and runs[-1][0] == layer and runs[-1][2] == unit - 1:
+            runs[-1][2] = unit
+        else:
+            runs.append([layer, unit, unit])
+    return ", ".join(f"{layer}:{a}" if a == b else f"{layer}:{a}-{b}" for layer, a, b in runs)
 
 
 @main.command(epilog=EPILOG)

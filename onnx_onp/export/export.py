@@ -94,7 +94,9 @@ def shrunk_model(lm: LoadedModel, nmap: NeuronMap, mask) -> onnx.ModelProto:
         elif site.kind == "split":
             _shrink_split(node, site, kept, arrays, current)
         elif site.kind == "dynamic-reshape":
-            continue  # a computed shape adapts by itself, or the verification below catches it
+            # A computed shape adapts by itself, or is a Concat with the channel count as a constant piece
+            # (torch's TorchScript exporter: [batch, tokens, heads, head_dim]); otherwise the check below catches it.
+            _shrink_concat_shape(lm, model, node, site, kept, arrays)
         else:
             raise ShrinkError(f"cannot shrink: {site.detail or site.node}; write the zeroed model instead")
     _edit_initializers(model, arrays)
@@ -124,6 +126,35 @@ def _single_channel_axis(groups: np.ndarray, kept, node) -> tuple[int, int]:
         raise ShrinkError(f"cannot shrink: '{node.name}' spreads channels over several axes; "
                           "write the zeroed model instead")
     return varying[0], int(kept(compact.reshape(-1)).sum())
+
+
+def _shrink_concat_shape(lm: LoadedModel, model: onnx.ModelProto, node, site, kept, arrays) -> None:
+    """Set the channel count in a reshape target built by a Concat whose piece at the channel axis is a
+    constant: the Concat reads a new initializer there (the constant itself may be shared)."""
+    try:
+        axis, count = _single_channel_axis(site.groups[0], kept, node)
+    except ShrinkError:
+        return
+    concat = next((n for n in model.graph.node if node.input[1] in n.output), None)
+    if concat is None or concat.op_type != "Concat":
+        return
+    offset = 0
+    for slot, piece in enumerate(concat.input):
+        size = int(np.prod(lm.shapes.get(piece, [0]))) if piece in lm.shapes else None
+        if size is None:
+            return
+        if offset <= axis < offset + size:
+            constant = piece in lm.initializers or any(
+                n.op_type == "Constant" and piece in n.output for n in model.graph.node)
+            value = lm.small_values.get(piece) if constant else None  # never a value computed from the input
+            if value is None or size != 1 or int(np.asarray(value).reshape(-1)[0]) <= 0:
+                return
+            name = f"{node.name}/onp_shrunk_dim{axis}"
+            arrays[name] = np.full(np.shape(value), count, dtype=np.asarray(value).dtype)
+            model.graph.initializer.append(numpy_helper.from_array(arrays[name], name))
+            concat.input[slot] = name
+            return
+        offset += size
 
 
 def _shrink_split(node, site, kept, arrays, current) -> None:

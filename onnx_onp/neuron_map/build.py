@@ -83,6 +83,7 @@ class _Builder:
         self.param_sites: list[tuple[str, int, np.ndarray, bool]] = []
         self.shape_sites: list[tuple[str, str, list[np.ndarray], str]] = []
         self.blocked_tensors: dict[str, str] = {}
+        self.select_axes: dict[str, list[int]] = {}  # Slice/Gather/Split node -> the axes it picks along
         self.consumers: dict[str, list[onnx.NodeProto]] = {}
         self.graph_outputs = {o.name for o in self.graph.output}
         for node in self.graph.node:
@@ -220,8 +221,9 @@ class _Builder:
         if op in ("BatchNormalization", "InstanceNormalization"):
             return self._normalization(node)
         if op in ("Softmax", "LogSoftmax", "Hardmax"):
-            self._block_inputs(node, f"feeds {op} '{node.name}', which mixes all channels (final classifier)")
-            return
+            return self._softmax(node)
+        if op == "LayerNormalization":
+            return self._layer_norm(node)
         if op in ELEMENTWISE:
             return self._elementwise(node)
         if op == "Concat":
@@ -313,6 +315,8 @@ class _Builder:
 
     def _matmul(self, node: onnx.NodeProto) -> None:
         a, b = node.input[0], node.input[1]
+        if self._const(a) is None and self._const(b) is None:
+            return self._matmul_activations(node)
         if b not in self.inits or len(self.shapes[b]) != 2:
             for name in (a, b):
                 self._block(name, f"MatMul '{node.name}' multiplies two tensors or a non-2-D weight")
@@ -325,6 +329,99 @@ class _Builder:
         out_rank = len(self.shapes[node.output[0]])
         self._set(node.output[0], self._channel_track(ids, out_rank, -1))
         self.needs_mask[node.output[0]] = self.tracks[node.output[0]].ids
+
+    def _matmul_activations(self, node: onnx.NodeProto) -> None:
+        """A MatMul of two activations (attention: Q·Kᵀ, then the attention weights times V).
+
+        Output element [..., m, n] reads row [..., m, :] of A and column [..., :, n] of B. Like an Add, it
+        ties every neuron that meets in one element into one group: there is no weight whose slice could be
+        cut, so the neurons can only go together. After the reshape to heads, Q·Kᵀ ties the Q and K units of a
+        head (they share its rows and columns), the Softmax passes the head along (not as zeros: a removed head
+        attends uniformly), and ·V ties in the head's V units, which flow on, through the transpose and reshape
+        back, to the output projection's input rows: one group per head. Zeros: an output element is exactly
+        zero when its group is pruned if every term of its sum has a factor that is zero then.
+        """
+        a, b = node.input[0], node.input[1]
+        out = node.output[0]
+        if not any(name in self.tracks for name in (a, b)):
+            return
+        ranks = [len(self.shapes[a]), len(self.shapes[b])]
+        if min(ranks) < 2:
+            self._block_inputs(node, f"MatMul '{node.name}' multiplies a vector by a tensor")
+            return
+        rank = len(self.shapes[out])
+        ids, zeros = [], []
+        for name, r in zip((a, b), ranks):
+            track = self.tracks.get(name)
+            arr = track.ids if track is not None else np.full([1] * r, -1, dtype=np.int64)
+            arr = arr.reshape((1,) * (rank - r) + arr.shape)
+            ids.append(arr)
+            zeros.append((arr >= 0) & (track is not None and track.zero_ok))
+        batch = np.broadcast_shapes(ids[0].shape[:-2], ids[1].shape[:-2])
+        ids = [np.broadcast_to(x, batch + x.shape[-2:]) for x in ids]
+        zeros = [np.broadcast_to(z, batch + z.shape[-2:]) for z in zeros]
+        rows = self._tie_along(ids[0], -1)  # batch + (M,): one representative per row of A
+        cols = self._tie_along(ids[1], -2)  # batch + (N,)
+        left, right = np.broadcast_arrays(rows[..., :, None], cols[..., None, :])
+        both = (left >= 0) & (right >= 0)
+        if both.any():
+            for x, y in np.unique(np.stack([left[both], right[both]], axis=1), axis=0).tolist():
+                self._union(x, y)
+        merged = np.where(left >= 0, left, right)
+        # Zero iff no term has both factors non-zero: (not zero A) @ (not zero B) counts such terms.
+        nonzero = np.matmul((~zeros[0]).astype(np.float32), (~zeros[1]).astype(np.float32)) > 0
+        nonzero = np.broadcast_to(nonzero, merged.shape)
+        zero_ok = not bool(nonzero[merged >= 0].any())
+        why = "" if zero_ok else next((self.tracks[n].why_nonzero for n in (a, b)
+                                      if n in self.tracks and not self.tracks[n].zero_ok),
+                                      f"MatMul '{node.name}' with a tensor that no neuron produces")
+        self._set(out, merged, zero_ok, why)
+
+    def _tie_along(self, ids: np.ndarray, axis: int) -> np.ndarray:
+        """Union all neuron ids along ``axis``; the array with that axis reduced to one representative (-1: none)."""
+        moved = np.moveaxis(ids, axis, -1)
+        flat = moved.reshape(-1, moved.shape[-1])
+        reps = np.full(flat.shape[0], -1, dtype=np.int64)
+        for row, values in enumerate(flat):
+            found = np.unique(values[values >= 0])
+            if found.size:
+                for other in found[1:].tolist():
+                    self._union(int(found[0]), other)
+                reps[row] = found[0]
+        return reps.reshape(moved.shape[:-1])
+
+    def _softmax(self, node: onnx.NodeProto) -> None:
+        """Softmax over an axis that carries no channel (attention over tokens) passes the channels along, but
+        a removed one is not zero there (uniform weights); over a channel axis it mixes them (final classifier)."""
+        op = node.op_type
+        x = node.input[0]
+        track = self.tracks[x]
+        rank = track.ids.ndim
+        axis = int(_attr(node, "axis", -1 if self._opset() >= 13 else 1)) % rank
+        axes = [axis] if self._opset() >= 13 else list(range(axis, rank))  # before 13: flattened from axis on
+        if any(a in _varying_axes(track.ids) for a in axes):
+            self._block_inputs(node, f"feeds {op} '{node.name}', which mixes all channels (final classifier)")
+            return
+        self._set(node.output[0], track.ids, False, f"{op} '{node.name}' (a removed channel gets uniform weights)")
+
+    def _layer_norm(self, node: onnx.NodeProto) -> None:
+        """LayerNormalization over axes that carry no channel (each channel's row is normalised alone) passes
+        the channels through; over a channel axis it mixes them (a transformer's residual stream)."""
+        x = node.input[0]
+        track = self.tracks[x]
+        rank = track.ids.ndim
+        axis = int(_attr(node, "axis", -1)) % rank
+        if any(a >= axis for a in _varying_axes(track.ids)) or any(n and n not in self.inits for n in node.input[1:]):
+            self._block_inputs(node, f"LayerNormalization '{node.name}' normalises across channels")
+            return
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        keeps_zero = bias is None or not np.any(self._const(bias))
+        zero_ok = track.zero_ok and keeps_zero
+        why = track.why_nonzero if not track.zero_ok else f"LayerNormalization '{node.name}' (its shift)"
+        self._set(node.output[0], track.ids, zero_ok, "" if zero_ok else why)
+
+    def _opset(self) -> int:
+        return next((o.version for o in self.lm.model.opset_import if o.domain in ("", "ai.onnx")), 13)
 
     # -- channel-wise ops ------------------------------------------------------------------------------------
 
@@ -513,6 +610,7 @@ class _Builder:
             kind = "split" if node.op_type == "Split" else "fixed"
             detail = f"{node.op_type} '{node.name}' picks channels by fixed indices"
             self.shape_sites.append((node.name, kind, [full] + outputs, detail))
+            self.select_axes[node.name] = axes
         for name, ids in zip(node.output, outputs):
             if name:
                 self._set(name, ids, track.zero_ok, track.why_nonzero)
@@ -575,6 +673,13 @@ class _Builder:
 
     # -- result ----------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _picks_within_groups(site: ShapeSite, axes: list[int]) -> bool:
+        groups = site.groups[0]
+        if not all(_constant_along(groups, a) for a in axes):
+            return False
+        return any(not _constant_along(groups, a) for a in range(groups.ndim) if a not in axes)
+
     def _finish(self) -> NeuronMap:
         n = len(self.parent)
         roots = np.array([self._find(i) for i in range(n)], dtype=np.int64)
@@ -612,9 +717,18 @@ class _Builder:
                        for name, axis, ids, zero in self.param_sites]
         shape_sites = [ShapeSite(node, kind, [to_groups(a, False) for a in arrays], detail)
                        for node, kind, arrays, detail in self.shape_sites]
+        # A fixed-index pick along an axis on which the *groups* are constant (timm's fused QKV: Q, K and V
+        # of a head are one group, picked along the axis of size 3) never sees that axis cut: shrinking cuts
+        # along the axis where the groups vary (the heads), which the pick leaves alone.
+        shape_sites = [site for site in shape_sites
+                       if not (site.kind == "fixed" and self._picks_within_groups(site, self.select_axes[site.node]))]
         return NeuronMap(layers=self.layers, groups=groups, neuron_group=neuron_group.astype(np.int64),
                          mask_sites=mask_sites, param_sites=param_sites, shape_sites=shape_sites,
                          blocked_tensors=self.blocked_tensors)
+
+
+def _constant_along(arr: np.ndarray, axis: int) -> bool:
+    return arr.shape[axis] <= 1 or bool(np.all(arr == np.take(arr, [0], axis=axis)))
 
 
 def _subgraph_references(node: onnx.NodeProto) -> set[str]:
