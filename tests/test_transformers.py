@@ -169,3 +169,22 @@ def test_masked_evaluation_matches_torch_with_heads_zeroed(exported, fused):
             linear.weight[units] = 0
             linear.bias[units] = 0
     np.testing.assert_allclose(got, torch_logits(only_v, x), atol=TOL)
+
+
+@pytest.mark.parametrize("dynamo,fused", CASES, ids=IDS)
+def test_torch_mirror_matches_masked_evaluation(exported, dynamo, fused):
+    """The differentiable mirror (trigger synthesis, signals) runs the ViT's ops and masks like onnxruntime."""
+    from onnx_onp.mirror import TorchMirror
+
+    _, path = exported[(dynamo, fused)]
+    lm = load_model(path)
+    nmap = build_neuron_map(lm)
+    mirror = TorchMirror(lm, nmap)
+    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    x = _inputs(8)
+    masks = np.stack([_mask(nmap, heads_to_prune=heads, seed=s) for s, heads in enumerate([[], [0], [1, 2], [3]])])
+    keep = torch.from_numpy(np.repeat(~masks, 2, axis=0).astype(np.float32))
+    with torch.no_grad():
+        got = mirror(torch.from_numpy(np.concatenate([x[:2]] * 4)), keep).numpy()
+    expected = np.concatenate([evaluator.logits(x[:2], m) for m in masks])
+    np.testing.assert_allclose(got, expected, atol=TOL)

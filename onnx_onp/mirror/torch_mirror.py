@@ -151,6 +151,14 @@ class TorchMirror(torch.nn.Module):
     def _op_InstanceNormalization(self, node, a, x, scale, bias):
         return F.instance_norm(x, weight=scale, bias=bias, eps=a.get("epsilon", 1e-5))
 
+    def _op_LayerNormalization(self, node, a, x, scale, bias=None):
+        axis = a.get("axis", -1) % x.dim()
+        dims = tuple(range(axis, x.dim()))
+        mean = x.mean(dim=dims, keepdim=True)
+        var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
+        y = (x - mean) / torch.sqrt(var + a.get("epsilon", 1e-5)) * scale
+        return y if bias is None else y + bias
+
     def _op_Relu(self, node, a, x):
         return F.relu(x)
 
@@ -339,6 +347,22 @@ class TorchMirror(torch.nn.Module):
         for axis in sorted(int(v) % rank for v in axes):
             x = x.unsqueeze(axis)
         return x
+
+    def _op_ConstantOfShape(self, node, a, shape):
+        value = a.get("value")
+        fill = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+        return torch.full(tuple(_ints(shape)), torch.from_numpy(np.array(fill)).item(),
+                          dtype=torch.from_numpy(np.array(fill)).dtype)
+
+    def _op_Equal(self, node, a, x, y):
+        return torch.eq(x, y)
+
+    def _op_Where(self, node, a, condition, x, y):
+        return torch.where(condition.bool(), x, y)
+
+    def _op_Expand(self, node, a, x, shape):
+        target = list(torch.broadcast_shapes(tuple(x.shape), tuple(_ints(shape))))
+        return x.expand(target)
 
     def _op_Shape(self, node, a, x):
         shape = torch.tensor(x.shape, dtype=torch.int64)
