@@ -1,6 +1,7 @@
 """Transformers: a tiny ViT's attention heads are prunable groups, checked like every architecture.
 
-Both torch exporters, both ways of writing the Q, K, V projections (separate Linears; timm's fused one):
+Both torch exporters, both ways of writing the Q, K, V projections (separate Linears; timm's fused one), and
+F.scaled_dot_product_attention (decomposed by the exporters; one ONNX Attention op at opset 23):
 
 1. groups against the architecture: one group per head holding that head's Q, K and V units, every MLP hidden
    unit a neuron of its own, the residual stream (LayerNorm mixes its channels) and the classifier unprunable;
@@ -31,24 +32,41 @@ TOL = 1e-4
 DIM, HEADS, DEPTH, MLP = 32, 2, 2, 2
 HEAD_DIM = DIM // HEADS
 
-CASES = [(dynamo, fused) for dynamo in (False, True) for fused in (False, True)]
-IDS = [f"{'dynamo' if d else 'torchscript'}-{'fused-qkv' if f else 'separate-qkv'}" for d, f in CASES]
+# (exporter, Q/K/V projections, attention): the explicit Q·Kᵀ/softmax/·V; F.scaled_dot_product_attention, which
+# the exporters decompose into the same MatMuls, and which the dynamo exporter at opset 23 turns into one
+# ONNX Attention op.
+VARIANTS = {
+    "torchscript-separate-qkv": dict(dynamo=False, fused=False),
+    "torchscript-fused-qkv": dict(dynamo=False, fused=True),
+    "dynamo-separate-qkv": dict(dynamo=True, fused=False),
+    "dynamo-fused-qkv": dict(dynamo=True, fused=True),
+    "torchscript-sdpa": dict(dynamo=False, fused=False, sdpa=True),
+    "dynamo-sdpa-opset23-Attention-op": dict(dynamo=True, fused=False, sdpa=True, opset=23),
+}
+CASES = list(VARIANTS)
 
 
-def _vit(fused: bool) -> ViT:
+def _vit(fused: bool, sdpa: bool = False) -> ViT:
     torch.manual_seed(0)
-    return ViT(patch=4, dim=DIM, heads=HEADS, depth=DEPTH, mlp_ratio=MLP, fused_qkv=fused).eval()
+    return ViT(patch=4, dim=DIM, heads=HEADS, depth=DEPTH, mlp_ratio=MLP, fused_qkv=fused, sdpa=sdpa).eval()
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("vit")
     out = {}
-    for dynamo, fused in CASES:
-        model = _vit(fused)
-        path = export_onnx(model, folder / f"vit-{dynamo}-{fused}.onnx", (1, 3, 32, 32), dynamo=dynamo)
-        out[(dynamo, fused)] = (model, path)
+    for name, v in VARIANTS.items():
+        model = _vit(v["fused"], v.get("sdpa", False))
+        path = export_onnx(model, folder / f"{name}.onnx", (1, 3, 32, 32), dynamo=v["dynamo"], opset=v.get("opset"))
+        out[name] = (model, path)
     return out
+
+
+def test_opset23_export_has_one_attention_op(exported):
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported["dynamo-sdpa-opset23-Attention-op"][1])).graph.node]
+    assert ops.count("Attention") == DEPTH and ops.count("Softmax") == 0
 
 
 def _inputs(n=32):
@@ -69,9 +87,10 @@ def _heads_and_units(nmap):
     return heads, singles
 
 
-@pytest.mark.parametrize("dynamo,fused", CASES, ids=IDS)
-def test_heads_are_groups(exported, dynamo, fused):
-    _, path = exported[(dynamo, fused)]
+@pytest.mark.parametrize("variant", CASES)
+def test_heads_are_groups(exported, variant):
+    fused = VARIANTS[variant]["fused"]
+    _, path = exported[variant]
     nmap = build_neuron_map(load_model(path))
     heads, singles = _heads_and_units(nmap)
     assert len(heads) == DEPTH * HEADS and all(g.prunable for g in heads)
@@ -97,7 +116,7 @@ def test_heads_are_groups(exported, dynamo, fused):
 
 
 def test_inspect_lists_heads(exported):
-    _, path = exported[(False, False)]
+    _, path = exported["torchscript-separate-qkv"]
     result = CliRunner().invoke(main, ["inspect", str(path), "--groups"])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.strip().startswith("group ")]
@@ -117,9 +136,9 @@ def _mask(nmap, heads_to_prune, units_share=0.3, seed=0):
     return mask
 
 
-@pytest.mark.parametrize("dynamo,fused", CASES, ids=IDS)
-def test_masked_evaluation_matches_zeroed_and_shrunk(exported, dynamo, fused, tmp_path):
-    model, path = exported[(dynamo, fused)]
+@pytest.mark.parametrize("variant", CASES)
+def test_masked_evaluation_matches_zeroed_and_shrunk(exported, variant, tmp_path):
+    model, path = exported[variant]
     lm = load_model(path)
     nmap = build_neuron_map(lm)
     x = _inputs()
@@ -134,14 +153,15 @@ def test_masked_evaluation_matches_zeroed_and_shrunk(exported, dynamo, fused, tm
     assert np.abs(evaluator.logits(x, mask) - evaluator.logits(x)).max() > 1e-2  # not vacuous
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["separate-qkv", "fused-qkv"])
-def test_masked_evaluation_matches_torch_with_heads_zeroed(exported, fused):
+@pytest.mark.parametrize("variant", ["torchscript-separate-qkv", "torchscript-fused-qkv", "torchscript-sdpa"])
+def test_masked_evaluation_matches_torch_with_heads_zeroed(exported, variant):
     """Second implementation: torch with the pruned heads' Q, K, V rows and the pruned MLP units zeroed."""
-    model, path = exported[(False, fused)]
+    fused, sdpa = VARIANTS[variant]["fused"], VARIANTS[variant].get("sdpa", False)
+    model, path = exported[variant]
     lm = load_model(path)
     nmap = build_neuron_map(lm)
     mask = _mask(nmap, heads_to_prune=[1, 2], seed=4)
-    reference = _vit(fused)
+    reference = _vit(fused, sdpa)
     reference.load_state_dict(model.state_dict())
     modules = dict(reference.named_modules())
     with torch.no_grad():
@@ -156,7 +176,7 @@ def test_masked_evaluation_matches_torch_with_heads_zeroed(exported, fused):
     np.testing.assert_allclose(got, expected, atol=TOL)
     assert np.abs(expected - torch_logits(model, x)).max() > 1e-2
     # Zeroing only the pruned heads' V rows gives the same: a removed head contributes nothing.
-    only_v = _vit(fused)
+    only_v = _vit(fused, sdpa)
     only_v.load_state_dict(model.state_dict())
     with torch.no_grad():
         for layer_name, units in nmap.pruned_neurons(mask).items():
@@ -171,12 +191,12 @@ def test_masked_evaluation_matches_torch_with_heads_zeroed(exported, fused):
     np.testing.assert_allclose(got, torch_logits(only_v, x), atol=TOL)
 
 
-@pytest.mark.parametrize("dynamo,fused", CASES, ids=IDS)
-def test_torch_mirror_matches_masked_evaluation(exported, dynamo, fused):
+@pytest.mark.parametrize("variant", CASES)
+def test_torch_mirror_matches_masked_evaluation(exported, variant):
     """The differentiable mirror (trigger synthesis, signals) runs the ViT's ops and masks like onnxruntime."""
     from onnx_onp.mirror import TorchMirror
 
-    _, path = exported[(dynamo, fused)]
+    _, path = exported[variant]
     lm = load_model(path)
     nmap = build_neuron_map(lm)
     mirror = TorchMirror(lm, nmap)

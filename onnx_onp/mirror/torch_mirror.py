@@ -159,6 +159,30 @@ class TorchMirror(torch.nn.Module):
         y = (x - mean) / torch.sqrt(var + a.get("epsilon", 1e-5)) * scale
         return y if bias is None else y + bias
 
+    def _op_Attention(self, node, a, q, k, v, attn_mask=None, *cache):
+        if any(c is not None for c in cache) or len(node.output) > 1 and any(node.output[1:]):
+            raise UnsupportedModelError(f"the torch mirror does not support Attention with a cache ('{node.name}')")
+        three_d = q.dim() == 3
+        if three_d:  # [B, N, H*d] -> [B, H, N, d]
+            q = q.reshape(q.shape[0], q.shape[1], a["q_num_heads"], -1).transpose(1, 2)
+            k = k.reshape(k.shape[0], k.shape[1], a["kv_num_heads"], -1).transpose(1, 2)
+            v = v.reshape(v.shape[0], v.shape[1], a["kv_num_heads"], -1).transpose(1, 2)
+        if k.shape[1] != q.shape[1]:  # grouped-query attention: each key/value head serves several query heads
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+        scale = a.get("scale") or q.shape[-1] ** -0.5
+        scores = (q @ k.transpose(-2, -1)) * scale
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores + attn_mask
+        if a.get("is_causal", 0):
+            n, m = scores.shape[-2:]
+            scores = scores.masked_fill(~torch.ones(n, m, dtype=torch.bool).tril(m - n), float("-inf"))
+        if a.get("softcap", 0.0):
+            scores = a["softcap"] * torch.tanh(scores / a["softcap"])
+        y = torch.softmax(scores, dim=-1) @ v
+        return y.transpose(1, 2).reshape(y.shape[0], y.shape[2], -1) if three_d else y
+
     def _op_Relu(self, node, a, x):
         return F.relu(x)
 

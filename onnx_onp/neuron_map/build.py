@@ -224,6 +224,8 @@ class _Builder:
             return self._softmax(node)
         if op == "LayerNormalization":
             return self._layer_norm(node)
+        if op == "Attention":
+            return self._attention(node)
         if op in ELEMENTWISE:
             return self._elementwise(node)
         if op == "Concat":
@@ -419,6 +421,45 @@ class _Builder:
         zero_ok = track.zero_ok and keeps_zero
         why = track.why_nonzero if not track.zero_ok else f"LayerNormalization '{node.name}' (its shift)"
         self._set(node.output[0], track.ids, zero_ok, "" if zero_ok else why)
+
+    def _attention(self, node: onnx.NodeProto) -> None:
+        """ONNX Attention (opset 23, what torch's dynamo exporter makes of scaled_dot_product_attention at opset
+        23) on [batch, heads, tokens, head_dim] inputs: like the separate MatMuls, each head's Q, K and V neurons
+        form one group (a key/value head shared by several query heads ties them), and the output carries the
+        heads' channels, exactly zero for a removed head when its V is (its attention becomes uniform)."""
+        q, k, v = (node.input[i] if len(node.input) > i else "" for i in range(3))
+        reason = None
+        if any(name for name in node.output[1:]):
+            reason = f"Attention '{node.name}' also returns its key/value cache or scores"
+        elif any(name in self.tracks for name in node.input[3:]):
+            reason = f"Attention '{node.name}' takes neuron channels as its mask or key/value cache"
+        elif not (q and k and v) or any(len(self.shapes[n]) != 4 for n in (q, k, v)):
+            reason = f"Attention '{node.name}' has 3-D inputs (heads inside the channels): not understood yet"
+        if reason:
+            self._block_inputs(node, reason)
+            return
+        hq, hkv = self.shapes[q][1], self.shapes[k][1]
+        if hkv == 0 or hq % hkv or self.shapes[v][1] != hkv:
+            self._block_inputs(node, f"Attention '{node.name}' has head counts that do not divide")
+            return
+        heads = [[] for _ in range(hq)]
+        for name, count in ((q, hq), (k, hkv), (v, hkv)):
+            full = self._full(name)
+            for h in range(hq):
+                values = full[:, h * count // hq]
+                heads[h].extend(np.unique(values[values >= 0]).tolist())
+        reps = np.full(hq, -1, dtype=np.int64)
+        for h, found in enumerate(heads):
+            if found:
+                for other in found[1:]:
+                    self._union(found[0], other)
+                reps[h] = found[0]
+        track = self.tracks.get(v)
+        full_v = self._full(v)
+        zero_ok = track is not None and track.zero_ok and all(
+            (full_v[:, h * hkv // hq] >= 0).all() for h in range(hq) if reps[h] >= 0)
+        why = "" if zero_ok else f"Attention '{node.name}' (a removed head's V is not all zero)"
+        self._set(node.output[0], reps.reshape(1, hq, 1, 1), zero_ok, why)
 
     def _opset(self) -> int:
         return next((o.version for o in self.lm.model.opset_import if o.domain in ("", "ai.onnx")), 13)
