@@ -56,6 +56,36 @@ def is_bench_run(payload) -> bool:
     return isinstance(payload, dict) and isinstance(payload.get("cases"), list) and "settings" in payload
 
 
+def is_scale_run(payload) -> bool:
+    return isinstance(payload, dict) and isinstance(payload.get("widths"), list) and \
+        str(payload.get("command", "")).startswith("python -m benchmarks.scale")
+
+
+def scale_lines(runs: list[tuple[str, dict]]) -> list[str]:
+    """The latest `python -m benchmarks.scale` run: its table, command and machine."""
+    from benchmarks.scale import table
+
+    latest = max(((p.get("started") or "", name, p) for name, p in runs if is_scale_run(p)), default=None)
+    if latest is None:
+        return []
+    started, name, payload = latest
+    machine = payload.get("machine") or {}
+    load = machine.get("load_average")
+    checks = payload.get("checks") or {}
+    return ["## Scale", "",
+            "`sanitize` on widths of the BadNets CIFAR-10 ResNet-18 (one child process per width; peak RSS: the whole "
+            "process; torch share: time inside torch modules and autograd calls, a lower bound; ONP / FP and "
+            "ONP / CLP: end-to-end wall times, load and map included; CPU s: sanitize's process CPU time; masked-0 / masked-r: masked evaluation with nothing "
+            "/ 20% pruned over plain onnxruntime). Targets (issue 25): ONP ≤ 3× Fine-Pruning on every width "
+            f"({'met' if checks.get('onp_within_3x_fp') else 'not met'}), masked evaluation ≤ 1.10× plain "
+            f"({'met' if checks.get('masked_within_1.10x_plain') else 'not met'}); width 64 ≤ 10 minutes and "
+            "≤ 4 GB.", "",
+            f"`{payload['command']}` ([{name}](benchmarks/results/{name}), started {started[:16].replace('T', ' ')}"
+            f"; {machine.get('cpu')}, {machine.get('cores')} cores"
+            + (f", load average {load[0]:.1f} at its end: other jobs shared the CPU" if load else "") + "):", ""] + \
+        table(payload["widths"]).splitlines() + [""]
+
+
 def is_verdict_run(payload) -> bool:
     return isinstance(payload, dict) and "summary" in payload and isinstance(payload.get("rows"), list)
 
@@ -284,6 +314,7 @@ def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
     timing = time_lines(table)
     if timing:
         lines += ["## ONP's time", ""] + timing[1:] + [""]
+    lines += scale_lines(runs)
     lines += verdict_lines(runs)
     lines += PROTOCOL.splitlines() + [""]
     lines += source_lines(runs, table)
@@ -301,6 +332,10 @@ def _index_entry(name: str, payload) -> str:
         return (f"{(payload.get('date') or '')[:10]} · verdicts: {s['flagged']} of {s['backdoored']} backdoored "
                 f"flagged, {s['false_alarms']} of {s['clean']} clean flagged · {_machine(payload.get('machine'))} · "
                 f"`{_command(name, payload)}`")
+    if is_scale_run(payload):
+        widths = ", ".join(str(r["width"]) + (" (no model)" if "error" in r else "") for r in payload["widths"])
+        return (f"{(payload.get('started') or '')[:16].replace('T', ' ')} · scale: ResNet-18 widths {widths} · "
+                f"`{payload['command']}`")
     module = next((m for m in ("agent_ablation", "evaluation_profile", "masked_eval") if name.startswith(m)), None)
     what = f"written by `python -m benchmarks.{module}`" if module else "other result"
     detail = payload.get("case") or payload.get("model") or ", ".join(payload.get("runs") or []) \

@@ -234,17 +234,18 @@ def _pct(x) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| width | parameters | groups | sanitize s | peak RSS MB | onnxruntime | torch | other | FP s | CLP s "
+    lines = ["| width | parameters | groups | sanitize s | CPU s | peak RSS MB | onnxruntime | torch | other | FP s | CLP s "
              "| ONP / FP | ONP / CLP | masked-0 / plain | masked-r / plain | outcome | test CA | test ASR |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['width']} | {r['error']} |" + " |" * 15)
+            lines.append(f"| {r['width']} | {r['error']} |" + " |" * 16)
             continue
         onp, me = r["onp"], r.get("masked_eval", {}).get("ratio_to_plain", {})
         before, after = r["test"]["none"], r["test"]["onp"]
         lines.append(
             f"| {r['width']} | {r['parameters'] / 1e6:.2f} M | {r['groups']} | {onp['seconds']:.0f} | "
+            f"{onp.get('cpu_seconds', float('nan')):.0f} | "
             f"{onp['peak_rss_mb']:.0f} | {_pct(onp['onnxruntime_share'])} | {_pct(onp['torch_share'])} | "
             f"{_pct(onp['other_share'])} | {r['fp']['seconds']:.1f} | {r['clp']['seconds']:.1f} | "
             f"{r['onp_over_fp']:.1f}× | {r['onp_over_clp']:.1f}× | {me.get('masked-0', float('nan')):.2f} | "
