@@ -65,3 +65,28 @@ def test_the_test_split_is_headlined_first_and_marked():
     assert text.index("## Test split") < text.index("## Development models")
     assert text.index("test_model") < text.index("dev_model")
     assert "test_model (test)" in render_index(runs, RESULTS)
+
+
+def _scale_row(width, seconds, fp):
+    return {"width": width, "parameters": 180_000 * width // 8, "groups": 46 * width + 10,
+            "onp": {"seconds": seconds, "cpu_seconds": seconds / 2, "peak_rss_mb": 900.0, "onnxruntime_share": 0.3,
+                    "torch_share": 0.6, "other_share": 0.1, "status": "sanitized"},
+            "fp": {"seconds": fp}, "clp": {"seconds": 0.5}, "onp_over_fp": seconds / fp, "onp_over_clp": seconds / 0.5,
+            "masked_eval": {"ratio_to_plain": {"masked-0": 1.2, "masked-r": 1.1}},
+            "test": {"none": {"ca": 0.8, "asr": 0.95}, "onp": {"ca": 0.79, "asr": 0.05}}}
+
+
+def test_the_latest_scale_run_is_rendered_with_its_command():
+    def run(started, seconds):
+        return {"command": "python -m benchmarks.scale --widths 8,64", "started": started,
+                "machine": {"cpu": "cpu", "cores": 2, "load_average": [3.0, 2.0, 1.0]},
+                "checks": {"onp_within_3x_fp": False, "masked_within_1.10x_plain": False},
+                "widths": [_scale_row(8, seconds, 10.0), {"width": 64, "error": "no model"}]}
+
+    text = render_benchmarks([("scale_a.json", run("2026-01-01T10:00", 100.0)),
+                              ("scale_b.json", run("2026-01-02T10:00", 200.0))])
+    section = text.split("## Scale")[1].split("\n## ")[0]
+    assert "`python -m benchmarks.scale --widths 8,64`" in section and "scale_b.json" in section
+    assert "| 8 | 0.18 M | 378 | 200 | 100 | 900 | 30% | 60% | 10% | 10.0 | 0.5 | 20.0× | 400.0× | 1.20 | 1.10 |" \
+        in section
+    assert "| 64 | no model |" in section and "scale_a.json" not in section
