@@ -1,7 +1,7 @@
 """How time and memory grow with the model: `sanitize` on widths of one ResNet-18 recipe, side by side.
 
     python -m benchmarks.scale [--widths 8,16,32,64] [--images 500] [--test-limit 1000] [--set NAME=JSON ...]
-                               [--masked-eval-images 500] [--repeats 3] [--no-masked-eval] [--json PATH]
+                               [--masked-eval-images 500] [--repeats 3] [--no-masked-eval] [--json PATH [--resume]]
 
 The models are the BadNets CIFAR-10 ResNet-18s of the fixture zoo (fixtures/models/resnet18_badnets_cifar10 is
 width 8, resnet18w{W}_badnets_cifar10 width W; `--model W=PATH` names another); a width without a model is
@@ -20,8 +20,10 @@ listed as missing, not trained here. Each width runs in a fresh child process (i
 4. times masked evaluation against plain onnxruntime at that width (benchmarks/masked_eval.py, random weights).
 
 On a shared machine wall times stretch with the load: the JSON also has process CPU seconds (all threads) for
-sanitize and the baselines, and the load average. The parent prints one table over all widths; `--json` keeps everything. `--set search.rounds=1` (any
-SanitizeConfig field by dotted path, as in benchmarks/agent_ablation.py) makes a quick, smaller run.
+sanitize and the baselines, and the load average. The parent prints one table over all widths; `--json` keeps
+everything, rewritten after each width, and `--resume` reruns the same command keeping the widths that file
+already has (a long run in several sittings). `--set search.rounds=1` (any SanitizeConfig field by dotted path,
+as in benchmarks/agent_ablation.py) makes a quick, smaller run.
 """
 
 from __future__ import annotations
@@ -201,7 +203,9 @@ def _parse(argv):
     p.add_argument("--masked-eval-images", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3, help="masked-evaluation timing repeats")
     p.add_argument("--no-masked-eval", dest="masked_eval", action="store_false")
-    p.add_argument("--json", type=Path, help="write every number here")
+    p.add_argument("--json", type=Path, help="write every number here (rewritten after each width)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the widths already measured in --json with the same settings; run only the others")
     p.add_argument("--one-width", type=int, help=argparse.SUPPRESS)  # the child's entry
     p.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -264,7 +268,43 @@ def main(argv=None):
 
     widths = [int(w) for w in args.widths.split(",") if w.strip()]
     rows, started = [], time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    settings = {"images": args.images, "test_limit": args.test_limit, "seed": args.seed, "set": args.set,
+                "masked_eval": args.masked_eval, "masked_eval_images": args.masked_eval_images,
+                "repeats": args.repeats}
+    done: dict[int, dict] = {}
+    if args.resume and args.json and args.json.is_file():
+        previous = json.loads(args.json.read_text())
+        if json.loads(json.dumps(previous.get("settings"))) == json.loads(json.dumps(settings)):
+            done = {r["width"]: r for r in previous["widths"] if "error" not in r}
+            started = previous.get("started", started)
+            print(f"resuming {args.json}: widths {', '.join(map(str, sorted(done))) or 'none'} kept", flush=True)
+        else:
+            print(f"{args.json} has other settings: measuring every width again", flush=True)
+    command = "python -m benchmarks.scale " + " ".join(a for a in (sys.argv[1:] if argv is None else argv)
+                                                       if a != "--resume")
+
+    def save(complete: bool):
+        if not args.json:
+            return None
+        measured = [r for r in rows if "error" not in r]
+        checks = {
+            "onp_within_3x_fp": all(r["onp_over_fp"] <= TARGETS["onp_over_fp"] for r in measured) if measured else None,
+            "masked_within_1.10x_plain": all(r["masked_eval"]["ratio_to_plain"]["masked-0"]
+                                             <= TARGETS["masked_over_plain"]
+                                             for r in measured if "masked_eval" in r) if measured else None,
+        }
+        result = {"command": command, "started": started, "complete": complete, "settings": settings,
+                  "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                              "load_average": os.getloadavg()},
+                  "targets": TARGETS, "checks": checks, "widths": rows}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        return result
+
     for width in widths:
+        if width in done:
+            rows.append(done[width])
+            continue
         model = args.models.get(width) or model_for(width)
         if not model.is_file():
             print(f"width {width}: no model at {model.relative_to(REPO) if model.is_relative_to(REPO) else model} "
@@ -287,26 +327,18 @@ def main(argv=None):
         rows.append(row)
         print(f"width {width}: sanitize {row['onp']['seconds']:.0f} s, peak {row['onp']['peak_rss_mb']:.0f} MB, "
               f"{row['onp']['status']}", flush=True)
+        save(complete=False)  # a run stopped part-way keeps what it measured (--resume goes on from there)
     print()
     print(table(rows))
     measured = [r for r in rows if "error" not in r]
-    checks = {
-        "onp_within_3x_fp": all(r["onp_over_fp"] <= TARGETS["onp_over_fp"] for r in measured) if measured else None,
-        "masked_within_1.10x_plain": all(r["masked_eval"]["ratio_to_plain"]["masked-0"] <= TARGETS["masked_over_plain"]
-                                         for r in measured if "masked_eval" in r) if measured else None,
-    }
-    print("\ntargets (issue 25): ONP <= 3x Fine-Pruning on every width: "
-          f"{checks['onp_within_3x_fp']}; masked evaluation <= 1.10x plain onnxruntime: "
-          f"{checks['masked_within_1.10x_plain']}")
-    result = {"command": "python -m benchmarks.scale " + " ".join(sys.argv[1:] if argv is None else argv),
-              "started": started, "machine": {"cpu": platform.processor() or platform.machine(),
-                                              "cores": os.cpu_count(), "load_average": os.getloadavg()},
-              "targets": TARGETS, "checks": checks, "widths": rows}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+    result = save(complete=True)
+    if result is not None:
+        checks = result["checks"]
+        print("\ntargets (issue 25): ONP <= 3x Fine-Pruning on every width: "
+              f"{checks['onp_within_3x_fp']}; masked evaluation <= 1.10x plain onnxruntime: "
+              f"{checks['masked_within_1.10x_plain']}")
         print(f"wrote {args.json}")
-    return result
+    return result or {"widths": measured}
 
 
 if __name__ == "__main__":
