@@ -83,7 +83,19 @@ def scale_lines(runs: list[tuple[str, dict]]) -> list[str]:
             f"`{payload['command']}` ([{name}](benchmarks/results/{name}), started {started[:16].replace('T', ' ')}"
             f"; {machine.get('cpu')}, {machine.get('cores')} cores"
             + (f", load average {load[0]:.1f} at its end: other jobs shared the CPU" if load else "") + "):", ""] + \
-        table(payload["widths"]).splitlines() + [""]
+        table(payload["widths"]).splitlines() + [""] + _scale_missing(payload)
+
+
+def _scale_missing(payload: dict) -> list[str]:
+    """A run stopped part-way (its JSON is rewritten after each width): say which widths it did not reach."""
+    import re
+
+    asked = re.search(r"--widths ([\d,]+)", payload.get("command", ""))
+    measured = {r["width"] for r in payload["widths"]}
+    missing = [w for w in (asked.group(1).split(",") if asked else []) if w and int(w) not in measured]
+    if payload.get("complete", True) or not missing:
+        return []
+    return [f"The run stopped before width {', '.join(missing)} (a time limit; `--resume` goes on from here).", ""]
 
 
 def is_verdict_run(payload) -> bool:
