@@ -306,14 +306,29 @@ def test_undefined_input_element_type_is_unsupported(tmp_path):
     assert "element type 99" in line
 
 
-def test_a_graph_onnxruntime_refuses_at_run_time_is_one_line_exit_5(tmp_path):
-    """A ConstantOfShape of a batch that cannot broadcast with the input's: the model loads, and onnxruntime
-    fails when it runs it; that is an unsupported model (5), not an internal error (1)."""
+def test_an_output_batch_that_is_not_the_input_batch_is_unsupported(tmp_path):
+    """A ConstantOfShape of batch 4096 added to the input broadcasts at batch size 1: 4096 rows of scores for one
+    image. Refused at load (5), where it used to be scored image by image for minutes."""
     model = save(hostile.with_huge_constant_of_shape(hostile.tiny_cnn(), dims=(4096, 3, 8, 8)), tmp_path / "b.onnx")
+    line = one_line_error(run("inspect", model), UnsupportedModelError.exit_code)
+    assert "4096 rows for a batch of 1 image" in line
+
+
+def test_a_graph_onnxruntime_refuses_at_run_time_is_one_line_exit_5(tiny, tmp_path, monkeypatch):
+    """onnxruntime failing while it runs a model that loaded is an unsupported model (5), not an internal error."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    from onnx_onp.instrument.masked import MaskedEvaluator
+
+    def fail(*args, **kwargs):
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Add node. "
+                   "Name:'bomb_add' Status Message: /src/broadcast.h:50 Attempting to broadcast an axis")
+
+    monkeypatch.setattr(MaskedEvaluator, "run", fail)
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((4, 8, 8, 3), np.uint8), y=np.arange(4) % 2)
-    line = one_line_error(run("evaluate", model, "--data", data), UnsupportedModelError.exit_code)
-    assert line.startswith("error: onnxruntime cannot run this model")
+    line = one_line_error(run("evaluate", tiny, "--data", data), UnsupportedModelError.exit_code)
+    assert line == "error: onnxruntime cannot run this model: /src/broadcast.h:50 Attempting to broadcast an axis"
 
 
 def test_large_range_is_not_folded_into_a_weight(tmp_path):

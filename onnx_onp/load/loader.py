@@ -488,6 +488,10 @@ def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedMo
     if len(out_shape) < 2 or out_shape[1] < 2 or any(d != 1 for d in out_shape[2:]):
         raise UnsupportedModelError(f"{where}: output '{output_name}' has shape {list(out_shape)} at batch size 1; "
                                     "expected class scores of shape [N, classes]")
+    if out_shape[0] != shape[0]:  # a broadcast against a constant batch: one row per image is what we score
+        raise UnsupportedModelError(f"{where}: output '{output_name}' has {out_shape[0]} rows for a batch of "
+                                    f"{shape[0]} image{'s' if shape[0] != 1 else ''}; expected one row of class "
+                                    "scores per input image")
     producer = {o: n for n in graph.node for o in n.output}
     last = producer.get(output_name)
     is_prob = last is not None and last.op_type == "Softmax"
