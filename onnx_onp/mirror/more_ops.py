@@ -347,9 +347,17 @@ class MoreOps:
         roi, scales, sizes = rest
         if _text(a.get("coordinate_transformation_mode"), "half_pixel") == "tf_crop_and_resize":
             raise UnsupportedModelError(f"the torch mirror does not support tf_crop_and_resize ('{node.name}')")
-        if a.get("keep_aspect_ratio_policy", b"stretch") not in (b"stretch", "stretch") or "axes" in a:
+        if _text(a.get("keep_aspect_ratio_policy"), "stretch") != "stretch" or a.get("antialias", 0):
             raise UnsupportedModelError(f"the torch mirror does not support this Resize ('{node.name}')")
-        return self._resize(x, scales if scales is not None and scales.numel() else None, sizes, a)
+        scales = scales if scales is not None and scales.numel() else None
+        sizes = sizes if sizes is not None and sizes.numel() else None
+        if "axes" in a:  # opset 18: scales or sizes for these axes only
+            axes = [int(v) % x.dim() for v in a["axes"]]
+            given = scales if scales is not None else sizes
+            full = torch.tensor([1.0] * x.dim() if scales is not None else list(x.shape), dtype=given.dtype)
+            full[axes] = given
+            scales, sizes = (full, None) if scales is not None else (None, full)
+        return self._resize(x, scales, sizes, a)
 
     def _op_Upsample(self, node, a, x, scales=None):
         a = {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "floor", **a}
@@ -357,7 +365,7 @@ class MoreOps:
 
     def _resize(self, x, scales, sizes, a):
         for axis in range(x.dim()):
-            if sizes is not None and sizes.numel():
+            if sizes is not None:
                 out_size = int(sizes[axis])
                 scale = out_size / x.shape[axis]
             else:
@@ -366,3 +374,151 @@ class MoreOps:
             if out_size != x.shape[axis] or scale != 1.0:
                 x = _resize_axis(x, axis, out_size, scale, a)
         return x
+
+    # -- attention heads, indexing and scatter (ViT-style heads, torch.onnx index assignments) --------------------
+
+    def _op_Einsum(self, node, a, *xs):
+        return torch.einsum(_text(a["equation"], ""), *xs)
+
+    def _op_Trilu(self, node, a, x, k=None):
+        k = int(k.reshape(-1)[0]) if k is not None else 0
+        return torch.triu(x, k) if a.get("upper", 1) else torch.tril(x, k)
+
+    def _op_TopK(self, node, a, x, k):
+        values, indices = torch.topk(x, int(k.reshape(-1)[0]), dim=a.get("axis", -1),
+                                     largest=bool(a.get("largest", 1)), sorted=bool(a.get("sorted", 1)))
+        return values, indices
+
+    def _op_Hardmax(self, node, a, x):
+        if self.opset < 13:
+            return _coerce_2d(x, a.get("axis", 1), lambda v, d: F.one_hot(v.argmax(d), v.shape[d]).to(v.dtype))
+        axis = a.get("axis", -1) % x.dim()
+        return F.one_hot(x.argmax(axis), x.shape[axis]).to(x.dtype).movedim(-1, axis)
+
+    def _op_GatherND(self, node, a, x, index):
+        if a.get("batch_dims", 0):
+            raise UnsupportedModelError(f"the torch mirror does not support GatherND with batch_dims ('{node.name}')")
+        index = index.long()
+        index = torch.where(index < 0, index + torch.tensor(x.shape[:index.shape[-1]]), index)
+        return x[tuple(index.unbind(-1))]
+
+    def _op_ScatterND(self, node, a, x, index, updates):
+        reduction = _text(a.get("reduction"), "none")
+        if reduction not in ("none", "add"):
+            raise UnsupportedModelError(f"the torch mirror does not support ScatterND {reduction} ('{node.name}')")
+        index = index.long()
+        index = torch.where(index < 0, index + torch.tensor(x.shape[:index.shape[-1]]), index)
+        return x.index_put(tuple(index.unbind(-1)), updates, accumulate=reduction == "add")
+
+    def _op_ScatterElements(self, node, a, x, index, updates):
+        axis = a.get("axis", 0) % x.dim()
+        index = index.long() % x.shape[axis]
+        reduction = _text(a.get("reduction"), "none")
+        if reduction == "none":
+            return x.scatter(axis, index, updates)
+        torch_reduce = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}[reduction]
+        return x.scatter_reduce(axis, index, updates, torch_reduce, include_self=True)
+
+    def _op_OneHot(self, node, a, index, depth, values):
+        depth = int(depth.reshape(-1)[0])
+        hot = F.one_hot(index.long() % depth, depth).bool()
+        axis = a.get("axis", -1) % hot.dim()
+        return torch.where(hot, values[1], values[0]).movedim(-1, axis)
+
+    def _op_NonZero(self, node, a, x):
+        return torch.nonzero(x).t()
+
+    def _op_EyeLike(self, node, a, x):
+        rows, cols = x.shape
+        k = a.get("k", 0)
+        i = torch.arange(rows)
+        inside = (i + k >= 0) & (i + k < cols)
+        out = torch.zeros(rows, cols, dtype=torch_dtype(a["dtype"]) if "dtype" in a else x.dtype)
+        out[i[inside], i[inside] + k] = 1
+        return out
+
+    # -- more elementwise --------------------------------------------------------------------------------------
+
+    def _op_Tan(self, node, a, x):
+        return torch.tan(x)
+
+    def _op_Asin(self, node, a, x):
+        return torch.asin(x)
+
+    def _op_Acos(self, node, a, x):
+        return torch.acos(x)
+
+    def _op_Atan(self, node, a, x):
+        return torch.atan(x)
+
+    def _op_Sinh(self, node, a, x):
+        return torch.sinh(x)
+
+    def _op_Cosh(self, node, a, x):
+        return torch.cosh(x)
+
+    def _op_Asinh(self, node, a, x):
+        return torch.asinh(x)
+
+    def _op_Acosh(self, node, a, x):
+        return torch.acosh(x)
+
+    def _op_Atanh(self, node, a, x):
+        return torch.atanh(x)
+
+    def _op_IsNaN(self, node, a, x):
+        return torch.isnan(x)
+
+    def _op_IsInf(self, node, a, x):
+        positive, negative = a.get("detect_positive", 1), a.get("detect_negative", 1)
+        return (torch.isposinf(x) & bool(positive)) | (torch.isneginf(x) & bool(negative))
+
+    def _op_Shrink(self, node, a, x):
+        lambd, bias = a.get("lambd", 0.5), a.get("bias", 0.0)
+        return torch.where(x < -lambd, x + bias, torch.where(x > lambd, x - bias, torch.zeros_like(x)))
+
+    def _op_Swish(self, node, a, x):
+        return x * torch.sigmoid(a.get("alpha", 1.0) * x)
+
+    # -- more normalisation ------------------------------------------------------------------------------------
+
+    def _op_LpNormalization(self, node, a, x):
+        return F.normalize(x, p=a.get("p", 2), dim=a.get("axis", -1), eps=0.0)
+
+    def _op_RMSNormalization(self, node, a, x, scale):
+        axis = a.get("axis", -1) % x.dim()
+        dims = tuple(range(axis, x.dim()))
+        return x * torch.rsqrt((x * x).mean(dim=dims, keepdim=True) + a.get("epsilon", 1e-5)) * scale
+
+    # -- quantize/dequantize pairs (QDQ models) ---------------------------------------------------------------
+
+    def _per_axis(self, a, x, value):
+        """A per-tensor or per-axis scale/zero point, shaped to broadcast against x."""
+        if value.dim() == 0 or value.numel() == 1:
+            return value.reshape(())
+        if a.get("block_size", 0):
+            raise UnsupportedModelError("the torch mirror does not support blocked quantization")
+        shape = [1] * x.dim()
+        shape[a.get("axis", 1) % x.dim()] = -1
+        return value.reshape(shape)
+
+    def _op_QuantizeLinear(self, node, a, x, scale, zero_point=None):
+        """Quantized values kept as floats (exact integers) with a straight-through gradient: the forward
+        value is onnxruntime's, and trigger synthesis still gets a gradient through the rounding."""
+        info = torch.iinfo(_quant_dtype(zero_point, a))
+        scale = self._per_axis(a, x, scale).to(x.dtype)
+        zero = self._per_axis(a, x, zero_point).to(x.dtype) if zero_point is not None else 0.0
+        scaled = x / scale
+        rounded = scaled + (torch.round(scaled) - scaled).detach()  # half to even, as ONNX
+        return torch.clamp(rounded + zero, info.min, info.max)
+
+    def _op_DequantizeLinear(self, node, a, x, scale, zero_point=None):
+        x = x.to(scale.dtype)
+        zero = self._per_axis(a, x, zero_point).to(scale.dtype) if zero_point is not None else 0.0
+        return (x - zero) * self._per_axis(a, x, scale)
+
+
+def _quant_dtype(zero_point, a) -> torch.dtype:
+    if zero_point is not None:
+        return zero_point.dtype
+    return torch_dtype(a["output_dtype"]) if a.get("output_dtype") else torch.uint8

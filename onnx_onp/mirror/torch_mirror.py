@@ -69,7 +69,8 @@ class TorchMirror(MoreOps, torch.nn.Module):
         # probabilities has almost no gradient: trigger synthesis failed on every class of such a model).
         final = next((n for n in self.graph.node if self.lm.output_name in n.output), None)
         self.logit_tensor = final.input[0] if final is not None and final.op_type == "Softmax" else self.lm.output_name
-        missing = sorted({n.op_type for n in self.graph.node
+        missing = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                          for n in self.graph.node
                           if n.domain not in ("", "ai.onnx") or not hasattr(self, f"_op_{n.op_type}")})
         if missing:
             raise UnsupportedModelError(f"the torch mirror does not support {', '.join(missing)}")
