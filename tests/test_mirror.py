@@ -318,6 +318,40 @@ def vit_head() -> onnx.ModelProto:
     return _keras_model(nodes, inits, 20, name="vit_head")
 
 
+def opset11_cnn() -> onnx.ModelProto:
+    """An older (opset 11) export: Pad with pads and value as inputs, Resize-11 with roi and sizes from
+    Shape->Slice->Concat (linear, half_pixel, a non-integer 1.25 factor) and back down by scales (cubic), ReduceMean/Squeeze/Unsqueeze with
+    axes as attributes, Flatten and Gemm."""
+    n = helper.make_node
+    nodes = [
+        n("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2]),
+        n("Pad", ["nchw", "pads", "pad_value"], ["padded"], mode="constant"),
+        n("Conv", ["padded", "w1", "b1"], ["c1"], kernel_shape=[3, 3]),
+        n("Relu", ["c1"], ["r1"]),
+        n("Shape", ["r1"], ["s"]),
+        n("Slice", ["s", "start0", "end2"], ["nc"]),
+        n("Concat", ["nc", "hw"], ["sizes"], axis=0),
+        n("Resize", ["r1", "roi", "no_scales", "sizes"], ["up"], mode="linear",
+          coordinate_transformation_mode="half_pixel"),
+        n("Resize", ["up", "roi", "down_scales"], ["down"], mode="cubic", coordinate_transformation_mode="half_pixel",
+          cubic_coeff_a=-0.75),
+        n("Conv", ["down", "w2", "b2"], ["c2"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        n("Relu", ["c2"], ["r2"]),
+        n("ReduceMean", ["r2"], ["pooled"], axes=[2, 3], keepdims=1),
+        n("Squeeze", ["pooled"], ["squeezed"], axes=[2, 3]),
+        n("Unsqueeze", ["squeezed"], ["unsqueezed"], axes=[1]),
+        n("Flatten", ["unsqueezed"], ["flat"], axis=1),
+        n("Gemm", ["flat", "wg", "bg"], ["logits"], transB=1),
+    ]
+    f = np.float32
+    inits = [_const("pads", [0, 0, 1, 1, 0, 0, 1, 1]), _const("pad_value", 0.5, f), _weight("w1", 8, 3, 3, 3),
+             _bias("b1", 8), _const("roi", [], f), _const("no_scales", [], f), _const("start0", [0]), _const("end2", [2]),
+             _const("hw", [40, 40]),
+             _const("down_scales", [1, 1, 0.8, 0.8], f), _weight("w2", 16, 8, 3, 3), _bias("b2", 16),
+             _weight("wg", 10, 16), _bias("bg", 10)]
+    return _keras_model(nodes, inits, 11, name="opset11_cnn")
+
+
 def qdq_cnn() -> onnx.ModelProto:
     """A quantized (QDQ) classifier as onnxruntime's quantization tool writes it: the input quantized and
     dequantized, int8 weights with per-channel scales dequantized before the Conv (the neuron map does not take
@@ -358,7 +392,8 @@ def lp_pool_cnn() -> onnx.ModelProto:
                         13, name="lp_pool_cnn")
 
 
-BUILT = {"tf2onnx_cnn": tf2onnx_cnn, "dynamic_shapes": dynamic_shapes, "vit_head": vit_head, "qdq_cnn": qdq_cnn}
+BUILT = {"tf2onnx_cnn": tf2onnx_cnn, "dynamic_shapes": dynamic_shapes, "vit_head": vit_head, "qdq_cnn": qdq_cnn,
+         "opset11_cnn": opset11_cnn}
 
 
 @pytest.mark.parametrize("name", sorted(BUILT))
