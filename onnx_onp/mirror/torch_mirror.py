@@ -3,7 +3,13 @@
 onnxruntime scores masks; some signals need gradients (trigger synthesis, first-order loss changes, neuron
 perturbation). The mirror interprets the graph node by node with torch functions, multiplies the neuron
 map's mask sites by a keep-vector exactly as the instrumented model does, and is tested to match
-onnxruntime. It covers the ops classifiers are made of; anything else raises UnsupportedModelError.
+onnxruntime. It covers the ops classifiers are made of (convolutions and activations here, shape arithmetic,
+resizing, normalisations, attention and QDQ in more_ops.py); anything else raises UnsupportedModelError naming
+the op when the mirror is built, and a dry run at the probe shape catches an op used in a way the mirror cannot
+run, before any search starts. tests/test_mirror.py compares it with onnxruntime on every fixture, onnx's light
+zoo and Keras/TF-style exports. A converter such as onnx2torch was not used: it needs torchvision (not a
+dependency here) and gives an fx module with no hook for the mask sites, which the mirror multiplies by
+keep-values exactly where the instrumented graph does.
 """
 
 from __future__ import annotations
