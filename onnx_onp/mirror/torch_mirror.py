@@ -363,9 +363,26 @@ class TorchMirror(MoreOps, torch.nn.Module):
             for i, axis in enumerate(axes):
                 full[axis], full[axis + x.dim()] = pads[i], pads[i + len(axes)]
             pads = full
-        fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else a.get("value", 0.0)
-        torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "wrap": "circular"}[mode]
-        return F.pad(x, _pads_nd(pads), mode=torch_mode, value=fill if mode == "constant" else None)
+        if mode == "constant":
+            fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else a.get("value", 0.0)
+            return F.pad(x, _pads_nd(pads), value=fill)
+        # reflect, edge, wrap: one gather per padded axis (F.pad's modes pad only the last one to three axes)
+        n = x.dim()
+        for axis in range(n):
+            before, after = pads[axis], pads[axis + n]
+            if before or after:
+                size = x.shape[axis]
+                index = torch.arange(-before, size + after)
+                if mode == "edge":
+                    index = index.clamp(0, size - 1)
+                elif mode == "wrap":
+                    index = index % size
+                elif mode == "reflect":
+                    index = (size - 1) - ((size - 1) - index.abs()).abs()
+                else:
+                    raise UnsupportedModelError(f"the torch mirror does not support Pad mode {mode} ('{node.name}')")
+                x = torch.index_select(x, axis, index)
+        return x
 
     def _op_Flatten(self, node, a, x):
         axis = a.get("axis", 1) % max(x.dim(), 1)
