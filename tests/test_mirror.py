@@ -320,8 +320,8 @@ def vit_head() -> onnx.ModelProto:
 
 def opset11_cnn() -> onnx.ModelProto:
     """An older (opset 11) export: Pad with pads and value as inputs, Resize-11 with roi and sizes from
-    Shape->Slice->Concat (linear, half_pixel, a non-integer 1.25 factor) and back down by scales (cubic), ReduceMean/Squeeze/Unsqueeze with
-    axes as attributes, Flatten and Gemm."""
+    Shape->Slice->Concat (linear, half_pixel, a non-integer 1.25 factor) and back down by scales (cubic),
+    ReduceMean/Squeeze/Unsqueeze with axes as attributes, Flatten and Gemm."""
     n = helper.make_node
     nodes = [
         n("Transpose", ["input_1"], ["nchw"], perm=[0, 3, 1, 2]),
@@ -345,10 +345,9 @@ def opset11_cnn() -> onnx.ModelProto:
     ]
     f = np.float32
     inits = [_const("pads", [0, 0, 1, 1, 0, 0, 1, 1]), _const("pad_value", 0.5, f), _weight("w1", 8, 3, 3, 3),
-             _bias("b1", 8), _const("roi", [], f), _const("no_scales", [], f), _const("start0", [0]), _const("end2", [2]),
-             _const("hw", [40, 40]),
-             _const("down_scales", [1, 1, 0.8, 0.8], f), _weight("w2", 16, 8, 3, 3), _bias("b2", 16),
-             _weight("wg", 10, 16), _bias("bg", 10)]
+             _bias("b1", 8), _const("roi", [], f), _const("no_scales", [], f), _const("start0", [0]),
+             _const("end2", [2]), _const("hw", [40, 40]), _const("down_scales", [1, 1, 0.8, 0.8], f),
+             _weight("w2", 16, 8, 3, 3), _bias("b2", 16), _weight("wg", 10, 16), _bias("bg", 10)]
     return _keras_model(nodes, inits, 11, name="opset11_cnn")
 
 
