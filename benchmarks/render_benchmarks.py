@@ -78,7 +78,7 @@ def current_draws(runs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict[in
         for case in payload["cases"]:
             if case.get("error"):
                 continue
-            split = case.get("split") or ""
+            split = case.get("split") or "dev"  # runs before the split existed were all on dev models
             for seed, before, rows in _case_draws(case, run_seed):
                 draw = table.setdefault((case["name"], split), {}).setdefault(
                     seed, Draw(case["name"], split, seed))
