@@ -12,7 +12,9 @@ def test_committed_benchmarks_are_the_rendering():
     runs = load_runs()
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert text == render_benchmarks(runs), "run: python -m benchmarks.render_benchmarks --out BENCHMARKS.md"
-    assert len(text.splitlines()) <= 400
+    # Current tables only: it grows with models and draws (the per-draw table has a row per draw and defense),
+    # never with history; 1,000 lines holds the full test split of 18 models at three draws.
+    assert len(text.splitlines()) <= 1000
     assert (RESULTS / "INDEX.md").read_text() == render_index(runs)
 
 
