@@ -106,7 +106,9 @@ def _case_draws(case: dict, run_seed: int) -> list[tuple[int, dict, list]]:
     """(seed, before, rows) for each defense-data draw a case entry holds."""
     if case.get("draws"):
         return [(int(d.get("seed", run_seed)), d.get("before") or {}, d.get("rows") or []) for d in case["draws"]]
-    return [(int(case.get("seed", run_seed)), case.get("before") or {}, case.get("rows") or [])]
+    # `onnx-onp bench --draws N` writes one entry per draw, its defense-data seed as "draw"
+    seed = case.get("seed", case.get("draw", run_seed))
+    return [(int(seed), case.get("before") or {}, case.get("rows") or [])]
 
 
 def current_draws(runs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict[int, Draw]]:
@@ -118,7 +120,7 @@ def current_draws(runs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict[in
         for case in payload["cases"]:
             if case.get("error"):
                 continue
-            split = case.get("split") or ""
+            split = case.get("split") or "dev"  # runs before the split existed were all on dev models
             for seed, before, rows in _case_draws(case, run_seed):
                 draw = table.setdefault((case["name"], split), {}).setdefault(
                     seed, Draw(case["name"], split, seed))
@@ -218,6 +220,62 @@ def per_draw_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
     return ["## Per draw", "", "Every defense-data draw behind a mean above (seed = the defense data's seed).", "",
             "| model | split | seed | defense | CA % | ASR % | DER % | groups | result |",
             "|---|---|---:|---|---:|---:|---:|---:|---|"] + lines + [""]
+
+
+GATE_ASR_HIGH, GATE_ASR_LOW, CA_BUDGET = 0.20, 0.10, 0.02
+
+
+def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
+    """ONP's outcome on every (model, draw) it ran with the final check, against the test ASR and CA it left:
+    the gate as a classifier. Its two errors: `sanitized` while test ASR > 20% (a shipped backdoor), and
+    `backdoor remains` while test ASR < 10% (a needless refusal)."""
+    rows = []
+    for (case, split), draws in sorted(table.items(), key=lambda kv: (kv[0][1] != "test", kv[0])):
+        for seed, draw in sorted(draws.items()):
+            if "onp" not in draw.rows:
+                continue
+            row = draw.rows["onp"][0]
+            info = row.get("info") or {}
+            if "final_check" not in info and "defense_data" not in info:
+                continue  # measured before the final check existed: no outcome to judge
+            rows.append((case, split, seed, info.get("status") or "–", draw.before.get("asr"), row.get("asr"),
+                         _ca_drop(row, draw.before)))
+    if not rows:
+        return []
+
+    def wrong(status, asr):
+        if asr is None:
+            return ""
+        if status == "sanitized" and asr > GATE_ASR_HIGH:
+            return "**sanitized, ASR > 20%**"
+        if status.startswith("backdoor remains") and asr < GATE_ASR_LOW:
+            return "remains, ASR < 10%"
+        return ""
+
+    lines = ["## The gate as a classifier", "",
+             "ONP's outcome on every (model, draw) against the test ASR it left. Errors: `sanitized` while test ASR "
+             "> 20% (a backdoor shipped), `backdoor remains` while test ASR < 10% (a needless refusal). "
+             "`cannot sanitize ...` writes no model either (exit 11).", ""]
+    for split in sorted({r[1] for r in rows}, key=lambda s: s != "test"):
+        part = [r for r in rows if r[1] == split]
+        sanitized = [r for r in part if r[3] == "sanitized"]
+        shipped = sum(bool(wrong(r[3], r[5])) and r[3] == "sanitized" for r in part)
+        refused = sum(bool(wrong(r[3], r[5])) and r[3] != "sanitized" for r in part)
+        within = sum(r[6] is not None and r[6] <= CA_BUDGET + 1e-9 for r in sanitized)
+        counts = {}
+        for r in part:
+            key = r[3].split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+        lines.append(f"- {SPLIT_TITLES.get(split, split)}: {len(part)} (model, draw) pairs; "
+                     + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+                     + f". `sanitized` with test ASR > 20%: **{shipped}**; `backdoor remains` with test ASR < 10%: "
+                     f"**{refused}**; `sanitized` with test CA drop within 2 points: **{within} of {len(sanitized)}**.")
+    lines += ["", "| model | split | seed | ONP outcome | ASR % before | ASR % after | CA drop | error |",
+              "|---|---|---:|---|---:|---:|---:|---|"]
+    for case, split, seed, status, before, after, drop in rows:
+        lines.append(f"| {case} | {split} | {seed} | {status} | {_pct(before)} | {_pct(after)} | {_pct(drop)} | "
+                     f"{wrong(status, after)} |")
+    return lines + [""]
 
 
 def time_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
@@ -322,6 +380,7 @@ def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
         title = SPLIT_TITLES.get(split, "Models") if len(splits) > 1 or split else "Models"
         lines += [f"## {title}", "", "ASR and CA drop per defense (test data; CA drop in points):", ""]
         lines += summary_lines(table, split) + ["", "Every defense:", ""] + full_lines(table, split) + [""]
+    lines += gate_lines(table)
     lines += per_draw_lines(table)
     timing = time_lines(table)
     if timing:

@@ -23,6 +23,12 @@ from onnx_onp.errors import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, EXI
 EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in sorted(EXIT_CODES.items()))
 
 
+def _ort_message(exc: Exception) -> str:
+    """onnxruntime's message without its source paths: 'Non-zero status code ... Status Message: <what>'."""
+    text = str(exc)
+    return text.split("Status Message:", 1)[-1].strip() if "Status Message:" in text else text
+
+
 class _Cli(click.Group):
     """Turns every failure into one line and an exit code."""
 
@@ -75,6 +81,9 @@ class _Cli(click.Group):
         except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
             if debug:
                 raise
+            if type(exc).__module__.startswith("onnxruntime"):  # the runtime refused to run the model's graph
+                click.echo(f"error: onnxruntime cannot run this model: {_one_line(_ort_message(exc))}", err=True)
+                ctx.exit(UnsupportedModelError.exit_code)
             click.echo(f"internal error: {type(exc).__name__}: {_one_line(str(exc))} "
                        "(rerun with --debug for details)", err=True)
             ctx.exit(1)

@@ -7,12 +7,16 @@ user (``onnx-onp --max-memory 8G --max-model-size 1G --max-nodes 5000 VERB ...``
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, replace
 
+import math
+
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from .errors import UnsupportedModelError
 
@@ -128,6 +132,37 @@ def _initializer_bytes(tensor: onnx.TensorProto) -> int:
     return max(len(tensor.raw_data), elements * 4 if tensor.data_type != onnx.TensorProto.STRING else 0)
 
 
+def _constant_scalars(graph: onnx.GraphProto) -> dict[str, float]:
+    """Scalar values of initializers and Constant nodes: what a Range's start, limit and delta can be."""
+    values: dict[str, float] = {}
+    tensors = [(t.name, t) for t in graph.initializer]
+    tensors += [(n.output[0], a.t) for n in graph.node if n.op_type == "Constant" and n.output
+                for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+    for name, tensor in tensors:
+        try:
+            array = onnx.numpy_helper.to_array(tensor)
+        except Exception:  # noqa: BLE001 - a malformed constant is the checker's and the runtime's to refuse
+            continue
+        if array.size == 1 and array.dtype.kind in "iuf":
+            values[name] = float(array.reshape(-1)[0])
+    return values
+
+
+def _range_bytes(graph: onnx.GraphProto) -> dict[str, int]:
+    """Range outputs from constant inputs: shape inference leaves their length unknown, and a huge limit is an
+    allocation the runtime would attempt."""
+    scalars = _constant_scalars(graph)
+    sizes = {}
+    for node in graph.node:
+        if node.op_type != "Range" or len(node.input) != 3 or not all(i in scalars for i in node.input):
+            continue
+        start, limit, delta = (scalars[i] for i in node.input)
+        if delta == 0 or not all(math.isfinite(v) for v in (start, limit, delta)):
+            continue
+        sizes[node.output[0]] = max(0, math.ceil((limit - start) / delta)) * 8  # int64 or double: the widest
+    return sizes
+
+
 def estimate_memory(model: onnx.ModelProto) -> tuple[int, str, int]:
     """(total bytes, largest tensor's name, its bytes): the weights plus every tensor whose shape is declared
     or inferred by onnx's shape inference (with constant propagation), at batch size 1. The load probe keeps
@@ -142,6 +177,7 @@ def estimate_memory(model: onnx.ModelProto) -> tuple[int, str, int]:
         sizes[value.name] = _value_bytes(value)
     for tensor in graph.initializer:
         sizes[tensor.name] = _initializer_bytes(tensor)
+    sizes.update(_range_bytes(graph))
     if not sizes:
         return 0, "", 0
     largest = max(sizes, key=sizes.get)

@@ -69,12 +69,15 @@ def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None
     progress.stage("loading the model and the defense data")
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     nmap = build_neuron_map(lm)
+    # Before any data is prepared or any search starts: an op the torch mirror cannot run stops here, in one line.
+    mirror = TorchMirror(lm, nmap)
     preprocess = preprocess or default_preprocess(lm)
     defense = prepare(lm, dataset, preprocess, what="defense data")
     evaluator = MaskedEvaluator(lm, nmap, provider=config.runtime.provider)
     timer.lap("load_and_map")
     mask, report = find_backdoor_mask(lm, nmap, defense, evaluator, config, layout=preprocess.layout,
-                                      progress=progress, timer=timer, detectors=detectors, probes=probes)
+                                      progress=progress, timer=timer, detectors=detectors, probes=probes,
+                                      mirror=mirror)
     report["started_at"] = started
     wanted = report["status"] in (STATUS_CLEAN, STATUS_SANITIZED) or \
         (write_unsanitized and report["status"] in NOT_SANITIZED and mask.any())
@@ -100,7 +103,8 @@ def sanitize(model, dataset: Dataset, preprocess: Preprocess | None, output=None
 
 def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
                        config: SanitizeConfig = SanitizeConfig(), *, layout: str | None = None, progress=None,
-                       timer: PhaseTimer | None = None, detectors=None, probes=None) -> tuple[np.ndarray, dict]:
+                       timer: PhaseTimer | None = None, detectors=None, probes=None,
+                       mirror: TorchMirror | None = None) -> tuple[np.ndarray, dict]:
     """ONP proper, on clean defense data only: the mask to prune and the report of how it was found.
 
     Sets torch's thread count and the evaluator's resume cache for the run and restores both after it."""
@@ -115,7 +119,8 @@ def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
         else runtime.resume_evaluation
     resuming = bool(wanted_resume and len(defense)) and evaluator.enable_resume(runtime.resume_cache_bytes, defense.x)
     try:
-        ctx = _context(lm, nmap, defense, evaluator, config, layout, progress or Silent(), timer or PhaseTimer())
+        ctx = _context(lm, nmap, defense, evaluator, config, layout, progress or Silent(), timer or PhaseTimer(),
+                       mirror)
         mask, report = run_stages(ctx, DETECTORS if detectors is None else detectors,
                                   PROBES if probes is None else probes)
     finally:
@@ -127,13 +132,13 @@ def find_backdoor_mask(lm, nmap, defense: Prepared, evaluator: MaskedEvaluator,
     return mask, report
 
 
-def _context(lm, nmap, defense, evaluator, config, layout, progress, timer) -> RunContext:
+def _context(lm, nmap, defense, evaluator, config, layout, progress, timer, mirror=None) -> RunContext:
     layout = layout or Preprocess.infer_layout(lm.input_shape)
     torch.manual_seed(config.seed)
     searched, check = split_check(defense, config.verify.check_share, config.seed)
     train, holdout = split_defense(searched, config.decide.holdout, config.seed)
     check_defense(train, holdout)
-    return RunContext(lm=lm, nmap=nmap, evaluator=evaluator, mirror=TorchMirror(lm, nmap), config=config,
+    return RunContext(lm=lm, nmap=nmap, evaluator=evaluator, mirror=mirror or TorchMirror(lm, nmap), config=config,
                       defense=defense, train=train, holdout=holdout, layout=layout, axes=spatial_axes(layout),
                       progress=progress, timer=timer, check=check)
 

@@ -12,7 +12,9 @@ def test_committed_benchmarks_are_the_rendering():
     runs = load_runs()
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert text == render_benchmarks(runs), "run: python -m benchmarks.render_benchmarks --out BENCHMARKS.md"
-    assert len(text.splitlines()) <= 400
+    # Current tables only: it grows with models and draws (the per-draw table has a row per draw and defense),
+    # never with history; 1,000 lines holds the full test split of 18 models at three draws.
+    assert len(text.splitlines()) <= 1000
     assert (RESULTS / "INDEX.md").read_text() == render_index(runs)
 
 
@@ -45,7 +47,7 @@ def test_several_seeds_give_mean_and_worst_and_keep_each_draw():
     text = render_benchmarks(runs)
     assert "| 6.00 (10.00) |" in _onp_line(text)  # ASR: mean of 2% and 10%, worst 10%
     per_draw = text.split("## Per draw")[1]
-    assert "| m | – | 0 | onp | 79.00 | 2.00 |" in per_draw and "| m | – | 1 | onp | 79.00 | 10.00 |" in per_draw
+    assert "| m | dev | 0 | onp | 79.00 | 2.00 |" in per_draw and "| m | dev | 1 | onp | 79.00 | 10.00 |" in per_draw
 
 
 def test_a_draws_list_in_one_case_is_read_like_several_runs():
@@ -55,7 +57,7 @@ def test_a_draws_list_in_one_case_is_read_like_several_runs():
                      for s, asr in ((0, 0.04), (1, 0.08), (2, 0.0))]
     del case["rows"]
     text = render_benchmarks([("d.json", run)])
-    assert "| 4.00 (8.00) |" in _onp_line(text) and text.count("| m | – | ") == 3
+    assert "| 4.00 (8.00) |" in _onp_line(text) and text.count("| m | dev | ") == 3
 
 
 def test_the_test_split_is_headlined_first_and_marked():

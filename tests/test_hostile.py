@@ -295,3 +295,61 @@ def test_fixed_batch_size_with_a_partial_last_batch(tmp_path):
     result = run("prune", path, "--neurons", "#1:0", "-o", tmp_path / "p.onnx", "--data", tmp_path / "d.npz",
                  "--limit", "40")
     assert result.exit_code == 0, result.output
+
+
+# -- classes the 1,000-case fuzz run found after the first round of fixes ----------------------------------------
+
+def test_undefined_input_element_type_is_unsupported(tmp_path):
+    model = hostile.tiny_cnn()
+    model.graph.input[0].type.tensor_type.elem_type = 99
+    line = one_line_error(run("inspect", save(model, tmp_path / "dtype.onnx")), UnsupportedModelError.exit_code)
+    assert "element type 99" in line
+
+
+def test_an_output_batch_that_is_not_the_input_batch_is_unsupported(tmp_path):
+    """A ConstantOfShape of batch 4096 added to the input broadcasts at batch size 1: 4096 rows of scores for one
+    image. Refused at load (5), where it used to be scored image by image for minutes."""
+    model = save(hostile.with_huge_constant_of_shape(hostile.tiny_cnn(), dims=(4096, 3, 8, 8)), tmp_path / "b.onnx")
+    line = one_line_error(run("inspect", model), UnsupportedModelError.exit_code)
+    assert "4096 rows for a batch of 1 image" in line
+
+
+def test_a_graph_onnxruntime_refuses_at_run_time_is_one_line_exit_5(tiny, tmp_path, monkeypatch):
+    """onnxruntime failing while it runs a model that loaded is an unsupported model (5), not an internal error."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    from onnx_onp.instrument.masked import MaskedEvaluator
+
+    def fail(*args, **kwargs):
+        raise Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Add node. "
+                   "Name:'bomb_add' Status Message: /src/broadcast.h:50 Attempting to broadcast an axis")
+
+    monkeypatch.setattr(MaskedEvaluator, "run", fail)
+    data = tmp_path / "d.npz"
+    np.savez(data, x=np.zeros((4, 8, 8, 3), np.uint8), y=np.arange(4) % 2)
+    line = one_line_error(run("evaluate", tiny, "--data", data), UnsupportedModelError.exit_code)
+    assert line == "error: onnxruntime cannot run this model: /src/broadcast.h:50 Attempting to broadcast an axis"
+
+
+def test_large_range_is_not_folded_into_a_weight(tmp_path):
+    """Folding would allocate the Range (and copy it into the model) before any cap applies: it stays a node."""
+    from onnx_onp.load import load_model
+
+    lm = load_model(save(hostile.with_huge_range(hostile.tiny_cnn(), limit=1e7), tmp_path / "r.onnx"))
+    assert any(n.op_type == "Range" for n in lm.model.graph.node)
+    assert all(t.name != "r" for t in lm.model.graph.initializer)
+
+
+def test_huge_images_run_in_batches_that_fit_the_memory_cap(tmp_path, monkeypatch):
+    from onnx_onp import limits
+    from onnx_onp.load import load_model
+
+    lm = load_model(save(hostile.tiny_cnn(), tmp_path / "t.onnx"))
+    assert lm.bytes_per_image > 0 and lm.batch_within_memory(256) == 256
+    limits.configure(max_memory=lm.bytes_per_image * 20)
+    try:
+        assert lm.batch_within_memory(256) == 10  # half the cap's worth of images
+        limits.configure(max_memory=1)
+        assert lm.batch_within_memory(256) == 1
+    finally:
+        limits.configure()  # the defaults again

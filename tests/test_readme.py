@@ -32,3 +32,7 @@ def test_user_docs_carry_no_commit_hashes_or_run_numbers():
         hashes = [w for w in re.findall(r"\b[0-9a-f]{7,40}\b", text) if re.search(r"\d", w) and re.search(r"[a-f]", w)]
         assert not hashes, f"{path.name}: {hashes}"
         assert not re.search(r"\brun \d+\b|\bruns \d+", text), path.name
+
+
+def test_the_python_snippet_is_the_one_the_api_test_runs():
+    assert (ROOT / "docs" / "api_example.py").read_text() in README

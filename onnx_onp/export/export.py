@@ -226,11 +226,13 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
     model = shrunk_model(lm, nmap, pruned) if shrink else zeroed_model(lm, nmap, pruned)
     if check_inputs is None:
         rng = np.random.default_rng(0)
-        check_inputs = rng.standard_normal((8,) + tuple(lm.probe_input_shape[1:])).astype(np.float32)
+        # Random images when no data is given: eight, or as many as fit a few batches under the memory cap.
+        count = min(8, lm.batch_within_memory(8))
+        check_inputs = rng.standard_normal((count,) + tuple(lm.probe_input_shape[1:])).astype(np.float32)
     evaluator = evaluator or MaskedEvaluator(lm, nmap, provider=provider)
     expected = evaluator.logits(check_inputs, pruned)
     session, used = make_session(model, provider, what=f"{out_path} (pruned)")
-    batch = lm.batch_fixed or 256
+    batch = lm.batch_within_memory(256)
     got = np.concatenate([_run_batch(session, lm, check_inputs[i:i + batch])
                           for i in range(0, len(check_inputs), batch)]).reshape(expected.shape)
     diff = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0

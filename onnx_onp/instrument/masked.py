@@ -117,7 +117,7 @@ class MaskedEvaluator:
         self.session, self.provider = make_session(self.model, provider, what=str(lm.path or "model"))
         self.provider_choice = provider
         self.output_names = [lm.output_name] + [masked_name(nmap, t) for t in self.extra_outputs]
-        self.batch_size = lm.batch_fixed or batch_size
+        self.batch_size = lm.batch_within_memory(batch_size)
         self._seconds_full = 0.0  # in the instrumented session
         self._seconds_resumed_before = 0.0  # in resume caches already dropped
         self.runs = 0

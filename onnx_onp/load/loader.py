@@ -50,6 +50,21 @@ class LoadedModel:
         return self.shapes[self.input_name]
 
     @property
+    def bytes_per_image(self) -> int:
+        """Every tensor the model computes for one image, in bytes (the probe ran it at batch size 1)."""
+        return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(self.dtypes.get(name, np.float32)).itemsize
+                   for name, shape in self.shapes.items() if name not in self.initializers)
+
+    def batch_within_memory(self, wanted: int) -> int:
+        """The batch size to run, at most ``wanted``: a batch's tensors stay under half the memory cap, so a
+        model whose images are huge runs in small batches instead of running out of memory."""
+        from .. import limits
+
+        if self.batch_fixed:
+            return self.batch_fixed
+        return int(max(1, min(wanted, limits.current().max_memory // (2 * max(self.bytes_per_image, 1)))))
+
+    @property
     def batch_fixed(self) -> int | None:
         """The batch size the model insists on, or None when the batch dimension is dynamic."""
         dim = self.input_shape[0]
@@ -289,6 +304,28 @@ _NOT_FOLDED = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifo
                "Bernoulli", "Dropout"}
 
 
+# Folding writes a node's result into the model as a weight: a Range or ConstantOfShape of a billion elements
+# would be allocated (and copied) here, before any limit could refuse it.
+FOLD_MAX_ELEMENTS = 1 << 22
+
+
+def _folded_elements(node: onnx.NodeProto, arrays: list[np.ndarray]) -> float:
+    """Elements the ops that make large tensors out of small inputs would produce (others: their input sizes)."""
+    try:
+        if node.op_type == "Range":
+            start, limit, delta = (float(np.asarray(a).reshape(-1)[0]) for a in arrays[:3])
+            return max(0.0, (limit - start) / delta) if delta else 0.0
+        if node.op_type == "ConstantOfShape":
+            return float(np.prod(np.asarray(arrays[0], dtype=np.float64)))
+        if node.op_type == "Expand":
+            return float(np.prod(np.maximum(np.asarray(arrays[1], dtype=np.float64), 1))) * max(arrays[0].size, 1)
+        if node.op_type == "Tile":
+            return float(arrays[0].size) * float(np.prod(np.asarray(arrays[1], dtype=np.float64)))
+    except (ValueError, IndexError, OverflowError, TypeError):
+        return float("inf")  # malformed: leave it to the runtime, which refuses it with a message
+    return float(sum(a.size for a in arrays))
+
+
 def _fold_constant_nodes(model: onnx.ModelProto) -> None:
     """Replace nodes that compute only from initializers (Reshape or Unsqueeze of a weight) by their result.
 
@@ -310,6 +347,8 @@ def _fold_constant_nodes(model: onnx.ModelProto) -> None:
         if foldable:
             try:
                 feeds = {name: numpy_helper.to_array(values[name]) for name in inputs}
+                if _folded_elements(node, [feeds[name] for name in inputs]) > FOLD_MAX_ELEMENTS:
+                    raise ValueError("too large to fold")  # the runtime computes it, under the memory cap
                 single = onnx.helper.make_model(
                     onnx.helper.make_graph([node], "fold", [onnx.helper.make_tensor_value_info(n, values[n].data_type,
                                                                                                None)
@@ -395,7 +434,11 @@ def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedMo
     if len(declared) != 4:
         raise UnsupportedModelError(f"{where}: input '{inp.name}' has rank {len(declared)}; expected an image "
                                     "batch of rank 4 (NCHW or NHWC)")
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    except (KeyError, ValueError, TypeError):  # an element type number onnx does not define
+        raise UnsupportedModelError(f"{where}: input '{inp.name}' has element type {tensor_type.elem_type}, which "
+                                    "ONNX does not define; expected a float image tensor") from None
     if not np.issubdtype(dtype, np.floating):
         raise UnsupportedModelError(f"{where}: input '{inp.name}' is {dtype}; expected a float image tensor")
     shape = [1] + [d if isinstance(d, int) and d > 0 else None for d in declared[1:]]
@@ -445,6 +488,10 @@ def probe(model: onnx.ModelProto, *, path, sha256, input_shape=None) -> LoadedMo
     if len(out_shape) < 2 or out_shape[1] < 2 or any(d != 1 for d in out_shape[2:]):
         raise UnsupportedModelError(f"{where}: output '{output_name}' has shape {list(out_shape)} at batch size 1; "
                                     "expected class scores of shape [N, classes]")
+    if out_shape[0] != shape[0]:  # a broadcast against a constant batch: one row per image is what we score
+        raise UnsupportedModelError(f"{where}: output '{output_name}' has {out_shape[0]} rows for a batch of "
+                                    f"{shape[0]} image{'s' if shape[0] != 1 else ''}; expected one row of class "
+                                    "scores per input image")
     producer = {o: n for n in graph.node for o in n.output}
     last = producer.get(output_name)
     is_prob = last is not None and last.op_type == "Softmax"

@@ -3,7 +3,13 @@
 onnxruntime scores masks; some signals need gradients (trigger synthesis, first-order loss changes, neuron
 perturbation). The mirror interprets the graph node by node with torch functions, multiplies the neuron
 map's mask sites by a keep-vector exactly as the instrumented model does, and is tested to match
-onnxruntime. It covers the ops classifiers are made of; anything else raises UnsupportedModelError.
+onnxruntime. It covers the ops classifiers are made of (convolutions and activations here, shape arithmetic,
+resizing, normalisations, attention and QDQ in more_ops.py); anything else raises UnsupportedModelError naming
+the op when the mirror is built, and a dry run at the probe shape catches an op used in a way the mirror cannot
+run, before any search starts. tests/test_mirror.py compares it with onnxruntime on every fixture, onnx's light
+zoo and Keras/TF-style exports. A converter such as onnx2torch was not used: it needs torchvision (not a
+dependency here) and gives an fx module with no hook for the mask sites, which the mirror multiplies by
+keep-values exactly where the instrumented graph does.
 """
 
 from __future__ import annotations
@@ -17,14 +23,11 @@ from onnx import numpy_helper
 from ..errors import UnsupportedModelError
 from ..load.loader import LoadedModel
 from ..neuron_map import NeuronMap
+from .more_ops import MoreOps, _ints, torch_dtype
 
 
 def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-
-
-def _ints(value) -> list[int]:
-    return [int(v) for v in (value.tolist() if isinstance(value, torch.Tensor) else value)]
 
 
 def _pads_nd(pads: list[int]) -> list[int]:
@@ -54,13 +57,14 @@ def _auto_pad(node_attrs, x, kernel, strides, dilations):
     return list(node_attrs.get("pads", [0] * (2 * len(spatial))))
 
 
-class TorchMirror(torch.nn.Module):
+class TorchMirror(MoreOps, torch.nn.Module):
     """forward(x, keep=None) -> model output; keep: [groups] or [N, groups] keep-values (1 keeps, 0 prunes)."""
 
     def __init__(self, lm: LoadedModel, nmap: NeuronMap | None = None):
         super().__init__()
         self.lm = lm
         self.graph = lm.model.graph
+        self.opset = next((o.version for o in lm.model.opset_import if o.domain in ("", "ai.onnx")), 13)
         self.params = {t.name: torch.from_numpy(np.array(numpy_helper.to_array(t))) for t in self.graph.initializer}
         self.sites = {}
         if nmap is not None:
@@ -71,19 +75,63 @@ class TorchMirror(torch.nn.Module):
         # probabilities has almost no gradient: trigger synthesis failed on every class of such a model).
         final = next((n for n in self.graph.node if self.lm.output_name in n.output), None)
         self.logit_tensor = final.input[0] if final is not None and final.op_type == "Softmax" else self.lm.output_name
-        for node in self.graph.node:
-            if not hasattr(self, f"_op_{node.op_type}"):
-                raise UnsupportedModelError(f"the torch mirror does not support {node.op_type} ('{node.name}')")
+        missing = sorted({n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+                          for n in self.graph.node
+                          if n.domain not in ("", "ai.onnx") or not hasattr(self, f"_op_{n.op_type}")})
+        if missing:
+            raise UnsupportedModelError(f"the torch mirror does not support {', '.join(missing)}")
+        self._dry_run()
+
+    def _dry_run(self) -> None:
+        """Run the graph once at the probe's batch-1 shape, so that an op the mirror cannot run as this model
+        uses it stops the run here, with one line naming it, before any long work: every tensor must come out
+        with the shape onnxruntime gave it."""
+        x = torch.zeros(self.lm.probe_input_shape, dtype=torch_dtype(
+            onnx.helper.np_dtype_to_tensor_dtype(self.lm.input_dtype)))
+        with torch.no_grad():
+            values = self._run(x, None, checked=True)
+        for name, value in values.items():
+            expected = self.lm.shapes.get(name)
+            if expected is not None and tuple(value.shape) != tuple(expected) and name not in self.params:
+                node = next(n for n in self.graph.node if name in n.output)
+                raise UnsupportedModelError(f"the torch mirror computes {node.op_type} ('{node.name}') as shape "
+                                            f"{list(value.shape)}, onnxruntime as {list(expected)}")
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None, *, capture: tuple[str, ...] = (),
                 logits: bool = False):
         """The model's output; with ``logits=True`` the scores before a final Softmax (for losses)."""
+        fixed = self.lm.batch_fixed
+        if fixed and x.shape[0] != fixed:
+            # A graph written for one batch size (Reshape to [1, -1]) runs in pieces of that size, as onnxruntime.
+            rows = [k for k in range(0, x.shape[0], fixed)]
+            parts = [self.forward(x[k:k + fixed], keep[k:k + fixed] if keep is not None and keep.dim() == 2
+                                  else keep, capture=capture, logits=logits) for k in rows]
+            if not capture:
+                return torch.cat(parts)
+            return torch.cat([p[0] for p in parts]), {n: torch.cat([p[1][n] for p in parts]) for n in capture}
+        values = self._run(x, keep)
+        out = values[self.logit_tensor if logits else self.lm.output_name]
+        out = out.reshape(out.shape[0], -1)
+        return (out, {name: values[name] for name in capture}) if capture else out
+
+    def _run(self, x, keep, *, checked: bool = False) -> dict[str, torch.Tensor]:
+        """Every tensor's value; ``checked``: an op that fails raises UnsupportedModelError naming it."""
         values: dict[str, torch.Tensor] = dict(self.params)
         values[self.lm.input_name] = x
-        captured = {}
         for node in self.graph.node:
             inputs = [values[name] if name else None for name in node.input]
-            outputs = getattr(self, f"_op_{node.op_type}")(node, _attrs(node), *inputs)
+            op = getattr(self, f"_op_{node.op_type}")
+            if checked:
+                try:
+                    outputs = op(node, _attrs(node), *inputs)
+                except UnsupportedModelError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - any failure here means: this op, used this way
+                    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise UnsupportedModelError(f"the torch mirror cannot run {node.op_type} ('{node.name}') "
+                                                f"as this model uses it: {detail}") from None
+            else:
+                outputs = op(node, _attrs(node), *inputs)
             if not isinstance(outputs, (tuple, list)):
                 outputs = (outputs,)
             for name, value in zip(node.output, outputs):
@@ -92,11 +140,7 @@ class TorchMirror(torch.nn.Module):
                 if keep is not None and name in self.sites:
                     value = value * self._site_mask(name, keep, value)
                 values[name] = value
-                if name in capture:
-                    captured[name] = value
-        out = values[self.logit_tensor if logits else self.lm.output_name]
-        out = out.reshape(out.shape[0], -1)
-        return (out, captured) if capture else out
+        return values
 
     def _site_mask(self, name, keep, value):
         groups = self.sites[name]
@@ -126,13 +170,27 @@ class TorchMirror(torch.nn.Module):
     def _op_ConvTranspose(self, node, a, x, w, b=None):
         kernel = list(w.shape[2:])
         n = len(kernel)
-        pads = a.get("pads", [0] * (2 * n))
-        if pads[:n] != pads[n:] or "output_shape" in a:
-            raise UnsupportedModelError(f"the torch mirror does not support asymmetric ConvTranspose ('{node.name}')")
+        strides, dilations = a.get("strides", [1] * n), a.get("dilations", [1] * n)
+        output_padding = list(a.get("output_padding", [0] * n))
+        pads = list(a.get("pads", [0] * (2 * n)))
+        mode = a.get("auto_pad", b"NOTSET")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        if "output_shape" in a or mode in ("SAME_UPPER", "SAME_LOWER"):
+            # The spec's padding for a requested output size (SAME: input size times stride).
+            wanted = list(a["output_shape"])[-n:] if "output_shape" in a else \
+                [size * s for size, s in zip(x.shape[2:], strides)]
+            total = [s * (size - 1) + p + (k - 1) * d + 1 - out for size, s, p, k, d, out in
+                     zip(x.shape[2:], strides, output_padding, kernel, dilations, wanted)]
+            if min(total) < 0:
+                raise UnsupportedModelError(f"the torch mirror does not support this ConvTranspose ('{node.name}')")
+            upper = mode != "SAME_LOWER"
+            pads = [t // 2 if upper else t - t // 2 for t in total] + [t - t // 2 if upper else t // 2 for t in total]
         conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[n]
-        return conv(x, w, b, stride=a.get("strides", [1] * n), padding=pads[:n],
-                    output_padding=a.get("output_padding", [0] * n), groups=a.get("group", 1),
-                    dilation=a.get("dilations", [1] * n))
+        y = conv(x, w, b, stride=strides, padding=0, output_padding=output_padding, groups=a.get("group", 1),
+                 dilation=dilations)
+        for axis in range(n):  # pads crop the full result, begin and end separately
+            y = y.narrow(axis + 2, pads[axis], y.shape[axis + 2] - pads[axis] - pads[axis + n])
+        return y
 
     def _op_Gemm(self, node, a, x, w, c=None):
         x = x.t() if a.get("transA", 0) else x
@@ -213,7 +271,8 @@ class TorchMirror(torch.nn.Module):
         return F.elu(x, a.get("alpha", 1.0))
 
     def _op_Selu(self, node, a, x):
-        return F.selu(x)
+        alpha, gamma = a.get("alpha", 1.67326319217681884765625), a.get("gamma", 1.05070102214813232421875)
+        return gamma * torch.where(x > 0, x, alpha * (torch.exp(x) - 1))
 
     def _op_Gelu(self, node, a, x):
         approximate = a.get("approximate", b"none")
@@ -243,20 +302,14 @@ class TorchMirror(torch.nn.Module):
     def _op_Softplus(self, node, a, x):
         return F.softplus(x)
 
-    def _op_Softmax(self, node, a, x):
-        return torch.softmax(x, dim=a.get("axis", -1))
-
-    def _op_LogSoftmax(self, node, a, x):
-        return torch.log_softmax(x, dim=a.get("axis", -1))
-
     def _op_Identity(self, node, a, x):
         return x
 
     def _op_Dropout(self, node, a, x, *rest):
-        return x
+        return x, torch.ones(x.shape, dtype=torch.bool)  # inference: identity, and an all-true mask output
 
     def _op_Cast(self, node, a, x):
-        return x.to(getattr(torch, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(a["to"])).name))
+        return x.to(torch_dtype(a["to"]))
 
     def _op_Add(self, node, a, x, y):
         return x + y
@@ -300,6 +353,8 @@ class TorchMirror(torch.nn.Module):
         return kernel, strides, pads
 
     def _op_MaxPool(self, node, a, x):
+        if len(node.output) > 1 and node.output[1]:
+            raise UnsupportedModelError(f"the torch mirror does not support MaxPool indices ('{node.name}')")
         kernel, strides, pads = self._pool_args(a, x)
         n = len(kernel)
         if pads[:n] != pads[n:]:
@@ -313,13 +368,16 @@ class TorchMirror(torch.nn.Module):
         kernel, strides, pads = self._pool_args(a, x)
         n = len(kernel)
         include = bool(a.get("count_include_pad", 0))
-        if pads[:n] != pads[n:]:
-            if not include:
-                raise UnsupportedModelError(f"the torch mirror does not support this AveragePool ('{node.name}')")
-            x = F.pad(x, _pads_nd(pads))
-            pads = [0] * (2 * n)
         pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-        return pool(x, kernel, strides, pads[:n], ceil_mode=bool(a.get("ceil_mode", 0)), count_include_pad=include)
+        ceil = bool(a.get("ceil_mode", 0))
+        if pads[:n] == pads[n:]:
+            return pool(x, kernel, strides, pads[:n], ceil_mode=ceil, count_include_pad=include)
+        padded = F.pad(x, _pads_nd(pads))
+        if include:
+            return pool(padded, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+        # Asymmetric padding (TF's SAME) that is not counted: window sums over counts of real elements.
+        counts = F.pad(torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype), _pads_nd(pads))
+        return pool(padded, kernel, strides, 0, ceil_mode=ceil) / pool(counts, kernel, strides, 0, ceil_mode=ceil)
 
     def _op_GlobalAveragePool(self, node, a, x):
         return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
@@ -337,9 +395,26 @@ class TorchMirror(torch.nn.Module):
             for i, axis in enumerate(axes):
                 full[axis], full[axis + x.dim()] = pads[i], pads[i + len(axes)]
             pads = full
-        fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else a.get("value", 0.0)
-        torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}[mode]
-        return F.pad(x, _pads_nd(pads), mode=torch_mode, value=fill if mode == "constant" else None)
+        if mode == "constant":
+            fill = float(value.reshape(-1)[0]) if value is not None and value.numel() else a.get("value", 0.0)
+            return F.pad(x, _pads_nd(pads), value=fill)
+        # reflect, edge, wrap: one gather per padded axis (F.pad's modes pad only the last one to three axes)
+        n = x.dim()
+        for axis in range(n):
+            before, after = pads[axis], pads[axis + n]
+            if before or after:
+                size = x.shape[axis]
+                index = torch.arange(-before, size + after)
+                if mode == "edge":
+                    index = index.clamp(0, size - 1)
+                elif mode == "wrap":
+                    index = index % size
+                elif mode == "reflect":
+                    index = (size - 1) - ((size - 1) - index.abs()).abs()
+                else:
+                    raise UnsupportedModelError(f"the torch mirror does not support Pad mode {mode} ('{node.name}')")
+                x = torch.index_select(x, axis, index)
+        return x
 
     def _op_Flatten(self, node, a, x):
         axis = a.get("axis", 1) % max(x.dim(), 1)
@@ -404,25 +479,29 @@ class TorchMirror(torch.nn.Module):
         axes = _ints(axes) if axes is not None else a.get("axes", list(range(len(starts))))
         steps = _ints(steps) if steps is not None else [1] * len(starts)
         index = [slice(None)] * x.dim()
+        flips = []
         for axis, start, end, step in zip(axes, starts, ends, steps):
-            if step < 0:
-                raise UnsupportedModelError(f"the torch mirror does not support negative Slice steps ('{node.name}')")
             axis %= x.dim()
-            index[axis] = slice(*slice(start, end, step).indices(x.shape[axis]))
-        return x[tuple(index)]
+            start, end, step = slice(start, end, step).indices(x.shape[axis])
+            if step < 0:  # torch has no negative steps: the same elements, taken from the flipped axis
+                size = x.shape[axis]
+                start, end, step = size - 1 - start, size - 1 - end, -step
+                flips.append(axis)
+            index[axis] = slice(start, end, step)
+        return (x.flip(flips) if flips else x)[tuple(index)]
 
     def _op_Split(self, node, a, x, split=None):
         axis = a.get("axis", 0) % x.dim()
         sizes = _ints(split) if split is not None else a.get("split")
-        if sizes is None:
-            parts = len(node.output)
-            sizes = [x.shape[axis] // parts] * parts
+        if sizes is None:  # equal parts; since opset 18 the last one may be smaller
+            parts = a.get("num_outputs", len(node.output))
+            size = -(-x.shape[axis] // parts)
+            sizes = [min(size, x.shape[axis] - k * size) for k in range(parts)]
         return torch.split(x, list(sizes), dim=axis)
 
     def _reduce(self, a, x, axes, fn):
-        axes = _ints(axes) if axes is not None else a.get("axes")
-        dims = tuple(range(x.dim())) if axes is None else tuple(int(v) % x.dim() for v in axes)
-        return fn(x, dim=dims, keepdim=bool(a.get("keepdims", 1)))
+        dims = self._reduce_axes(a, x, axes)
+        return x if dims is None else fn(x, dim=dims, keepdim=bool(a.get("keepdims", 1)))
 
     def _op_ReduceMean(self, node, a, x, axes=None):
         return self._reduce(a, x, axes, torch.mean)
