@@ -429,7 +429,8 @@ def test_an_unsupported_op_is_named_in_one_line_before_any_work(tmp_path):
     assert time.perf_counter() - started < 60
 
 
-@pytest.mark.parametrize("name", ["tf2onnx_cnn", "dynamic_shapes", "vit_head", "opset11_cnn"])
+# Two of the built exports end to end (a minute each on two cores): the equality tests above cover all of them.
+@pytest.mark.parametrize("name", ["tf2onnx_cnn", "vit_head"])
 def test_audit_detect_only_runs_on_keras_style_exports(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     onnx.save(BUILT[name](), path)
