@@ -98,6 +98,22 @@ def _scale_missing(payload: dict) -> list[str]:
     return [f"The run stopped before width {', '.join(missing)} (a time limit; `--resume` goes on from here).", ""]
 
 
+def is_fuzz_run(payload) -> bool:
+    return isinstance(payload, dict) and "families" in payload and "runs" in payload and "summary" in payload
+
+
+def fuzz_lines(runs: list[tuple[str, dict]]) -> list[str]:
+    """The latest full fuzz run's summary line (benchmarks/fuzz.py --out), with its command."""
+    fuzz = [p for _, p in runs if is_fuzz_run(p)]
+    if not fuzz:
+        return []
+    latest = max(fuzz, key=lambda p: p.get("date") or "")
+    lines = ["## Hostile inputs", "", f"`{latest['command']}`", "", latest["summary"]]
+    if latest.get("note"):
+        lines += ["", latest["note"]]
+    return lines + [""]
+
+
 def is_verdict_run(payload) -> bool:
     return isinstance(payload, dict) and "summary" in payload and isinstance(payload.get("rows"), list)
 
@@ -387,6 +403,7 @@ def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
         lines += ["## ONP's time", ""] + timing[1:] + [""]
     lines += scale_lines(runs)
     lines += verdict_lines(runs)
+    lines += fuzz_lines(runs)
     lines += PROTOCOL.splitlines() + [""]
     lines += source_lines(runs, table)
     return "\n".join(lines).rstrip() + "\n"
@@ -403,6 +420,8 @@ def _index_entry(name: str, payload) -> str:
         return (f"{(payload.get('date') or '')[:10]} · verdicts: {s['flagged']} of {s['backdoored']} backdoored "
                 f"flagged, {s['false_alarms']} of {s['clean']} clean flagged · {_machine(payload.get('machine'))} · "
                 f"`{_command(name, payload)}`")
+    if is_fuzz_run(payload):
+        return f"fuzz: {payload['summary'].removeprefix('fuzz: ')} · `{payload['command']}`"
     if is_scale_run(payload):
         widths = ", ".join(str(r["width"]) + (" (no model)" if "error" in r else "") for r in payload["widths"])
         return (f"{(payload.get('started') or '')[:16].replace('T', ' ')} · scale: ResNet-18 widths {widths} · "
