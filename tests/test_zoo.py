@@ -76,3 +76,35 @@ def test_fixture_spec(path):
     assert path.with_suffix(".onnx").stat().st_size < (12e6 if training.get("width") == 32 else 5e6)
     if training["attack"] != "none":
         assert spec.attack_success_rate >= 0.9
+
+
+def test_gpu_box_data_copy_is_close_and_keeps_labels(tmp_path, data):
+    """device_data: the JPEG mosaics come back with the same shapes and labels and nearly the same pixels."""
+    from fixtures.zoo import device_data
+
+    x, y = data
+    np.savez(tmp_path / "toy.npz", x=x[:250], y=y[:250], classes=np.array([str(c) for c in range(10)]))
+    device_data.pack(tmp_path, tmp_path / "box", files=("toy",))
+    device_data.unpack(tmp_path / "box", tmp_path / "back", files=("toy",))
+    back = np.load(tmp_path / "back" / "toy.npz")
+    assert back["x"].shape == (250, 32, 32, 3) and np.array_equal(back["y"], y[:250])
+    assert list(back["classes"]) == [str(c) for c in range(10)]
+    # random noise is JPEG's worst case; CIFAR-10 comes back within 0.7/255 on average
+    assert np.abs(back["x"].astype(int) - x[:250]).mean() < 12
+
+
+def test_gpu_box_models_come_back_byte_for_byte(tmp_path):
+    """device_transfer: fp16-rounded weights travel at half size and widen back to the very same bytes."""
+    import hashlib
+    import shutil
+
+    from fixtures.zoo import device_transfer
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(MODELS / "tiny_badnet_cifar10.onnx", model)
+    sha = device_transfer.round_to_fp16(model)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == sha
+    device_transfer.pack(tmp_path, tmp_path / "out", ["m"])
+    packed = tmp_path / "out" / "m.f16.onnx"
+    assert packed.stat().st_size < 0.6 * model.stat().st_size
+    assert device_transfer.widen(packed) == model.read_bytes()
