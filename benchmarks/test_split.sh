@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The test split's benchmark, one model at a time, each result saved and (COMMIT=1) committed when it ends:
+#   bash benchmarks/test_split.sh NAME...        # fixtures/test_models/NAME.onnx -> benchmarks/results/test_NAME.json
+# The protocol of every test row: three draws of 500 clean training images, 2,000 test images, ONP beside CLP,
+# Fine-Pruning, random pruning and no defense. Models with a result already are skipped (REDO=1 reruns them).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ONP=${ONP:-onnx-onp}
+for name in "$@"; do
+  out=benchmarks/results/test_$name.json
+  if [[ -f $out && ${REDO:-0} != 1 ]]; then echo "== $name: done already"; continue; fi
+  echo "== $name $(date -u +%H:%M:%S)"
+  tmp=$(mktemp --suffix=.json)
+  if $ONP bench --cases "$name" --defenses none,onp,clp,fp,random --defense-size 500 --seed 0 --draws 3 \
+       --test-limit 2000 --provider auto --json "$tmp" > "/tmp/bench_$name.md"; then
+    mv "$tmp" "$out"
+    tail -n 5 "/tmp/bench_$name.md"
+    if [[ ${COMMIT:-0} == 1 ]]; then
+      for _ in 1 2 3 4 5 6; do
+        git add -- "$out" && git commit -q -m "test split: $name benchmarked (3 draws, bench --draws 3 --test-limit 2000)" \
+          -- "$out" && break
+        sleep 5
+      done
+    fi
+  else
+    echo "bench of $name failed (rc $?)"; rm -f "$tmp"
+  fi
+done
