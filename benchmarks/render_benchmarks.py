@@ -98,6 +98,47 @@ def _scale_missing(payload: dict) -> list[str]:
     return [f"The run stopped before width {', '.join(missing)} (a time limit; `--resume` goes on from here).", ""]
 
 
+def is_throughput_run(payload) -> bool:
+    return isinstance(payload, dict) and isinstance(payload.get("modes"), list) and \
+        str(payload.get("command", "")).startswith("python -m benchmarks.batch_throughput")
+
+
+def is_batch_audit(payload) -> bool:
+    return isinstance(payload, dict) and isinstance(payload.get("rows"), list) and "executor" in payload
+
+
+def batch_lines(runs: list[tuple[str, dict]]) -> list[str]:
+    """The latest batch audit of many models and the latest throughput comparison of the executors."""
+    audits = [(n, p) for n, p in runs if is_batch_audit(p)]
+    speeds = [(n, p) for n, p in runs if is_throughput_run(p)]
+    if not audits and not speeds:
+        return []
+    lines = ["## Batch audits", ""]
+    if audits:
+        name, a = max(audits, key=lambda run: run[1].get("date") or "")
+        done = a["models"] - a["failed"]
+        lines += [f"`{a.get('command_line', 'onnx-onp audit')}` ({name}; {_machine(a.get('machine'))}): "
+                  f"{a['models']} models, {a['suspected']} suspected, {a['failed']} not audited, "
+                  f"{a['seconds']:.0f} s with {a['executor']} = {3600 * done / a['seconds']:.1f} models/hour.", "",
+                  "| model | verdict | target | outcome | seconds |", "|---|---|---:|---|---:|"]
+        lines += [f"| {r['name']} | {r['verdict'] or 'error: ' + str(r['error'])} | "
+                  f"{'' if r['target'] is None else r['target']} | {r['outcome'] or ''} | {r['seconds']} |"
+                  for r in a["rows"]] + [""]
+    if speeds:
+        name, t = max(speeds, key=lambda run: run[1].get("date") or "")
+        base = next((m["models_per_hour"] for m in t["modes"] if m["mode"] == "jobs1"), None)
+        lines += [f"Executors side by side, `{t['command']}` ({name}; {_machine(t.get('machine'))}; "
+                  f"{'detection only' if t['detect_only'] else 'full audits'} of {', '.join(t['models'])}); "
+                  f"same verdicts and masks in every run: {'yes' if t['same_verdicts_and_masks'] else '**no**'}.", "",
+                  "| executor | models | seconds | models/hour | vs --jobs 1 | load after |",
+                  "|---|---:|---:|---:|---:|---|"]
+        lines += [f"| {m['executor']} | {m['models']} | {m['seconds']:.1f} | {m['models_per_hour']:.1f} | "
+                  f"{m['models_per_hour'] / base:.2f}x | {' '.join(map(str, m['load_after']))} |" if base else
+                  f"| {m['executor']} | {m['models']} | {m['seconds']:.1f} | {m['models_per_hour']:.1f} | | "
+                  f"{' '.join(map(str, m['load_after']))} |" for m in t["modes"]] + [""]
+    return lines
+
+
 def is_fuzz_run(payload) -> bool:
     return isinstance(payload, dict) and "families" in payload and "runs" in payload and "summary" in payload
 
@@ -403,6 +444,7 @@ def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
         lines += ["## ONP's time", ""] + timing[1:] + [""]
     lines += scale_lines(runs)
     lines += verdict_lines(runs)
+    lines += batch_lines(runs)
     lines += fuzz_lines(runs)
     lines += PROTOCOL.splitlines() + [""]
     lines += source_lines(runs, table)
@@ -422,6 +464,13 @@ def _index_entry(name: str, payload) -> str:
                 f"`{_command(name, payload)}`")
     if is_fuzz_run(payload):
         return f"fuzz: {payload['summary'].removeprefix('fuzz: ')} · `{payload['command']}`"
+    if is_batch_audit(payload):
+        return (f"{(payload.get('date') or '')[:16].replace('T', ' ')} · batch audit: {payload['models']} models, "
+                f"{payload['executor']} · `{payload.get('command_line', 'onnx-onp audit')}`")
+    if is_throughput_run(payload):
+        return (f"{payload['date'][:16].replace('T', ' ')} · batch throughput: "
+                + ", ".join(f"{m['mode']} {m['models_per_hour']} models/h" for m in payload["modes"])
+                + f" · `{payload['command']}`")
     if is_scale_run(payload):
         widths = ", ".join(str(r["width"]) + (" (no model)" if "error" in r else "") for r in payload["widths"])
         return (f"{(payload.get('started') or '')[:16].replace('T', ' ')} · scale: ResNet-18 widths {widths} · "
