@@ -119,7 +119,8 @@ def batch_lines(runs: list[tuple[str, dict]]) -> list[str]:
         done = a["models"] - a["failed"]
         lines += [f"`{a.get('command_line', 'onnx-onp audit')}` ({name}; {_machine(a.get('machine'))}): "
                   f"{a['models']} models, {a['suspected']} suspected, {a['failed']} not audited, "
-                  f"{a['seconds']:.0f} s with {a['executor']} = {3600 * done / a['seconds']:.1f} models/hour.", "",
+                  f"{a['seconds']:.0f} s with {a['executor']} = {3600 * done / a['seconds']:.1f} models/hour"
+                  + (f" ({a['note']})" if a.get("note") else "") + ".", "",
                   "| model | verdict | target | outcome | seconds |", "|---|---|---:|---|---:|"]
         lines += [f"| {r['name']} | {r['verdict'] or 'error: ' + str(r['error'])} | "
                   f"{'' if r['target'] is None else r['target']} | {r['outcome'] or ''} | {r['seconds']} |"
@@ -129,7 +130,8 @@ def batch_lines(runs: list[tuple[str, dict]]) -> list[str]:
         base = next((m["models_per_hour"] for m in t["modes"] if m["mode"] == "jobs1"), None)
         lines += [f"Executors side by side, `{t['command']}` ({name}; {_machine(t.get('machine'))}; "
                   f"{'detection only' if t['detect_only'] else 'full audits'} of {', '.join(t['models'])}); "
-                  f"same verdicts and masks in every run: {'yes' if t['same_verdicts_and_masks'] else '**no**'}.", "",
+                  f"same verdicts and masks in every run: {'yes' if t['same_verdicts_and_masks'] else '**no**'}. Ray's "
+                  "time starts once its local cluster is up (ray.init is not counted).", "",
                   "| executor | models | seconds | models/hour | vs --jobs 1 | load after |",
                   "|---|---:|---:|---:|---:|---|"]
         lines += [f"| {m['executor']} | {m['models']} | {m['seconds']:.1f} | {m['models_per_hour']:.1f} | "
