@@ -329,6 +329,15 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
                      + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
                      + f". `sanitized` with test ASR > 20%: **{shipped}**; `backdoor remains` with test ASR < 10%: "
                      f"**{refused}**; `sanitized` with test CA drop within 2 points: **{within} of {len(sanitized)}**.")
+        # clean models (no working backdoor before): any outcome but "no backdoor evidence" is a false alarm
+        clean = [r for r in part if r[4] is not None and r[4] < GATE_ASR_LOW]
+        if clean:
+            alarms = [r for r in clean if not r[3].startswith("no backdoor evidence")]
+            drops = [r[6] for r in clean if r[6] is not None]
+            lines.append(f"  Clean models (ASR before < 10%): {len(clean)} pairs of {len({r[0] for r in clean})} "
+                         f"models; flagged (a false alarm): **{len(alarms)}** pairs of "
+                         f"{len({r[0] for r in alarms})} models; mean CA drop of ONP's mask "
+                         f"{_pct(statistics.fmean(drops)) if drops else '–'} points.")
     lines += ["", "| model | split | seed | ONP outcome | ASR % before | ASR % after | CA drop | error |",
               "|---|---|---:|---|---:|---:|---:|---|"]
     for case, split, seed, status, before, after, drop in rows:
