@@ -284,6 +284,64 @@ def per_draw_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
 GATE_ASR_HIGH, GATE_ASR_LOW, CA_BUDGET = 0.20, 0.10, 0.02
 
 
+def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "test") -> list[str]:
+    """Issue 22's targets against what one split measured, each over every (model, draw) ONP ran on. ONP's
+    ASR and CA drop are its mask's whatever the gate said (exit 11 writes no model; the gate section counts those).
+    Backdoored: ASR before >= 10%; clean: under 10%."""
+    backdoored, clean = {}, {}
+    for (case, case_split), draws in table.items():
+        pairs = [d for d in draws.values() if "onp" in d.rows and d.before.get("asr") is not None]
+        if case_split != split or not pairs:
+            continue
+        (backdoored if statistics.fmean(d.before["asr"] for d in pairs) >= GATE_ASR_LOW else clean)[case] = pairs
+    if not backdoored and not clean:
+        return []
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return statistics.fmean(values) if values else None
+
+    def met(ok: bool | None) -> str:
+        return "–" if ok is None else ("yes" if ok else "**no**")
+
+    rows = []
+    if backdoored:
+        model_asr = {c: mean(d.rows["onp"][0]["asr"] for d in ps) for c, ps in backdoored.items()}
+        pairs = [d for ps in backdoored.values() for d in ps]
+        drops = [_ca_drop(d.rows["onp"][0], d.before) for d in pairs]
+        within = sum(x is not None and x <= CA_BUDGET + 1e-9 for x in drops)
+        mean_asr = mean(model_asr.values())
+        low = sum(a <= GATE_ASR_LOW + 1e-9 for a in model_asr.values())
+        ders = {label: mean(d.rows[name][0]["der"] for d in pairs if name in d.rows) for name, label in
+                (("onp", "ONP"), ("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@onp", "random (ONP's count)"))}
+        others = [v for k, v in ders.items() if k != "ONP" and v is not None]
+        rows += [
+            (f"backdoored ({len(backdoored)} models): mean ONP ASR", "≤ 3%", f"{_pct(mean_asr)}%",
+             met(mean_asr <= 0.03)),
+            ("models with mean ONP ASR ≤ 10%", "≥ 90%", f"{low} of {len(model_asr)}",
+             met(low >= 0.9 * len(model_asr))),
+            ("(model, draw) pairs with ONP CA drop ≤ 2 points", "≥ 95%", f"{within} of {len(pairs)}",
+             met(within >= 0.95 * len(pairs))),
+            ("mean DER: " + ", ".join(f"{k} {_pct(v)}" for k, v in ders.items() if v is not None),
+             "ONP above the others", f"ONP {_pct(ders['ONP'])}",
+             met(ders["ONP"] is not None and all(ders["ONP"] > v for v in others)))]
+    if clean:
+        flagged = {c for c, ps in clean.items() for d in ps
+                   if not str((d.rows["onp"][0].get("info") or {}).get("status", "")).startswith("no backdoor")}
+        drops = [_ca_drop(d.rows["onp"][0], d.before) for ps in clean.values() for d in ps]
+        clean_drop = mean(drops)
+        rows += [
+            (f"clean ({len(clean)} models): flagged on any draw", "≤ 1 in 6", f"{len(flagged)} of {len(clean)}",
+             met(len(flagged) * 6 <= len(clean))),
+            ("clean: mean ONP CA drop", "≤ 0.5 points", _pct(clean_drop), met(clean_drop <= 0.005 + 1e-9))]
+    lines = [f"### Targets ({split} split)", "",
+             "Issue 22's targets against every (model, draw) ONP ran on; ONP's ASR and CA drop are its mask's, "
+             "whatever the gate said. Backdoored means ASR before ≥ 10%.", "",
+             "| target | wanted | measured | met |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return lines + [""]
+
+
 def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
     """ONP's outcome on every (model, draw) it ran with the final check, against the test ASR and CA it left:
     the gate as a classifier. Its two errors: `sanitized` while test ASR > 20% (a shipped backdoor), and
@@ -307,19 +365,23 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
             return ""
         if status == "sanitized" and asr > GATE_ASR_HIGH:
             return "**sanitized, ASR > 20%**"
+        if status.startswith("no backdoor evidence") and asr > GATE_ASR_HIGH:
+            return "**missed, ASR > 20%**"
         if status.startswith("backdoor remains") and asr < GATE_ASR_LOW:
             return "remains, ASR < 10%"
         return ""
 
     lines = ["## The gate as a classifier", "",
              "ONP's outcome on every (model, draw) against the test ASR it left. Errors: `sanitized` while test ASR "
-             "> 20% (a backdoor shipped), `backdoor remains` while test ASR < 10% (a needless refusal). "
+             "> 20% (a backdoor shipped), `no backdoor evidence` while test ASR > 20% (a backdoor missed: exit 0, "
+             "the gate passes it too), `backdoor remains` while test ASR < 10% (a needless refusal). "
              "`cannot sanitize ...` writes no model either (exit 11).", ""]
     for split in sorted({r[1] for r in rows}, key=lambda s: s != "test"):
         part = [r for r in rows if r[1] == split]
         sanitized = [r for r in part if r[3] == "sanitized"]
         shipped = sum(bool(wrong(r[3], r[5])) and r[3] == "sanitized" for r in part)
-        refused = sum(bool(wrong(r[3], r[5])) and r[3] != "sanitized" for r in part)
+        missed = [r for r in part if bool(wrong(r[3], r[5])) and r[3].startswith("no backdoor evidence")]
+        refused = sum(bool(wrong(r[3], r[5])) and r[3].startswith("backdoor remains") for r in part)
         within = sum(r[6] is not None and r[6] <= CA_BUDGET + 1e-9 for r in sanitized)
         counts = {}
         for r in part:
@@ -327,7 +389,9 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
             counts[key] = counts.get(key, 0) + 1
         lines.append(f"- {SPLIT_TITLES.get(split, split)}: {len(part)} (model, draw) pairs; "
                      + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
-                     + f". `sanitized` with test ASR > 20%: **{shipped}**; `backdoor remains` with test ASR < 10%: "
+                     + f". `sanitized` with test ASR > 20%: **{shipped}**; `no backdoor evidence` with test ASR > 20% "
+                     f"(missed): **{len(missed)}** pairs of {len({r[0] for r in missed})} models; "
+                     f"`backdoor remains` with test ASR < 10%: "
                      f"**{refused}**; `sanitized` with test CA drop within 2 points: **{within} of {len(sanitized)}**.")
         # clean models (no working backdoor before): any outcome but "no backdoor evidence" is a false alarm
         clean = [r for r in part if r[4] is not None and r[4] < GATE_ASR_LOW]
@@ -446,7 +510,8 @@ def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
              "[docs/method.md](docs/method.md), one-off experiments in [experiments/](experiments/README.md).", ""]
     for split in splits:
         title = SPLIT_TITLES.get(split, "Models") if len(splits) > 1 or split else "Models"
-        lines += [f"## {title}", "", "ASR and CA drop per defense (test data; CA drop in points):", ""]
+        lines += [f"## {title}", ""] + target_lines(table, split)
+        lines += ["ASR and CA drop per defense (test data; CA drop in points):", ""]
         lines += summary_lines(table, split) + ["", "Every defense:", ""] + full_lines(table, split) + [""]
     lines += gate_lines(table)
     lines += per_draw_lines(table)

@@ -13,8 +13,8 @@ def test_committed_benchmarks_are_the_rendering():
     text = (ROOT / "BENCHMARKS.md").read_text()
     assert text == render_benchmarks(runs), "run: python -m benchmarks.render_benchmarks --out BENCHMARKS.md"
     # Current tables only: it grows with models and draws (the per-draw table has a row per draw and defense),
-    # never with history; 1,000 lines holds the full test split of 18 models at three draws.
-    assert len(text.splitlines()) <= 1000
+    # never with history; 1,200 lines hold the full test split of 19 models and the dev models at three draws.
+    assert len(text.splitlines()) <= 1200
     assert (RESULTS / "INDEX.md").read_text() == render_index(runs)
 
 
@@ -92,3 +92,16 @@ def test_the_latest_scale_run_is_rendered_with_its_command():
     assert "| 8 | 0.18 M | 378 | 200 | 100 | 900 | 30% | 60% | 10% | 10.0 | 0.5 | 20.0× | 400.0× | 1.20 | 1.10 |" \
         in section
     assert "| 64 | no model |" in section and "scale_a.json" not in section
+
+
+def test_the_targets_table_counts_backdoored_and_clean_models_apart():
+    backdoored = [(f"b{s}.json", _run("2026-01-01", s, asr, split="test", name="bd")) for s, asr in ((0, 0.02), (1, 0.30))]
+    clean = _run("2026-01-01", 0, 0.01, split="test", name="cl")
+    clean["cases"][0]["before"]["asr"] = 0.01
+    clean["cases"][0]["rows"][1]["info"] = {"status": "no backdoor evidence: nothing pruned"}
+    text = render_benchmarks(backdoored + [("c.json", clean)])
+    targets = text.split("### Targets (test split)")[1].split("\n\n")[2]
+    assert "| backdoored (1 models): mean ONP ASR | ≤ 3% | 16.00% | **no** |" in targets
+    assert "| models with mean ONP ASR ≤ 10% | ≥ 90% | 0 of 1 | **no** |" in targets
+    assert "| (model, draw) pairs with ONP CA drop ≤ 2 points | ≥ 95% | 2 of 2 | yes |" in targets
+    assert "| clean (1 models): flagged on any draw | ≤ 1 in 6 | 0 of 1 | yes |" in targets
