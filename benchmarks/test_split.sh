@@ -6,6 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ONP=${ONP:-onnx-onp}
+# COMMIT=1 commits each result with BENCHMARKS.md re-rendered (PYTHON= the interpreter with the project)
 for name in "$@"; do
   out=benchmarks/results/test_$name.json
   if [[ -f $out && ${REDO:-0} != 1 ]]; then echo "== $name: done already"; continue; fi
@@ -17,8 +18,11 @@ for name in "$@"; do
     tail -n 5 "/tmp/bench_$name.md"
     if [[ ${COMMIT:-0} == 1 ]]; then
       for _ in 1 2 3 4 5 6; do
-        git add -- "$out" && git commit -q -m "test split: $name benchmarked (3 draws, bench --draws 3 --test-limit 2000)" \
-          -- "$out" && break
+        # BENCHMARKS.md is the rendering of the results (a test holds it so): re-render with every new result
+        ${PYTHON:-python} -m benchmarks.render_benchmarks --out BENCHMARKS.md > /dev/null &&
+        git add -- "$out" BENCHMARKS.md benchmarks/results/INDEX.md &&
+        git commit -q -m "test split: $name benchmarked (3 draws, bench --draws 3 --test-limit 2000); BENCHMARKS re-rendered" \
+          -- "$out" BENCHMARKS.md benchmarks/results/INDEX.md && break
         sleep 5
       done
     fi
