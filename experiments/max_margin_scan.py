@@ -4,7 +4,8 @@ the true target for the printout.
 
     python -m experiments.max_margin_scan --cases dev
 
-Per class c, inputs start as uniform noise within each channel's range of the defense images (model-input space,
+The statistic is onnx_onp.signals.max_margin's (the detector's since it was adopted). Per class c, inputs start
+as uniform noise within each channel's range of the defense images (model-input space,
 as trigger synthesis) and are optimised with Adam to maximise logit_c - max_{k != c} logit_k; the class's
 statistic is the largest margin reached over the starts. A backdoor's target admits inputs (with the trigger)
 that the network scores far beyond what any clean class reaches. Two scores of the largest class:
@@ -28,42 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
 import torch
 
 from experiments.additive_probe import probe_inputs
-from onnx_onp.signals.synthesis import bounded_pattern, channel_range
-
-
-def max_margins(mirror, x: np.ndarray, num_classes: int, layout: str, *, starts: int, steps: int, lr: float,
-                seed: int) -> np.ndarray:
-    """Per class, the largest logit margin reached from ``starts`` noise inputs after ``steps`` Adam steps."""
-    low, high = (torch.from_numpy(a).float() for a in channel_range(x, layout))
-    generator = torch.Generator().manual_seed(seed)
-    shape = (num_classes * starts, *x.shape[1:])
-    param = (torch.rand(shape, generator=generator) * 2 - 1).mul_(2.0).requires_grad_(True)  # tanh space
-    classes = torch.arange(num_classes).repeat_interleave(starts)
-    optimizer = torch.optim.Adam([param], lr=lr)
-    best = torch.full((len(classes),), -math.inf)
-    for _ in range(steps):
-        logits = mirror(bounded_pattern(param, low, high), logits=True)
-        own = logits.gather(1, classes[:, None])[:, 0]
-        others = logits.scatter(1, classes[:, None], -math.inf).max(1).values
-        margin = own - others
-        best = torch.maximum(best, margin.detach())
-        optimizer.zero_grad()
-        (-margin.sum()).backward()
-        optimizer.step()
-    return best.view(num_classes, starts).max(1).values.numpy()
-
-
-def robust_z(values: np.ndarray) -> np.ndarray:
-    median = np.median(values)
-    mad = 1.4826 * np.median(np.abs(values - median))
-    return (values - median) / max(mad, 1e-12)
+from onnx_onp.signals.max_margin import MaxMarginConfig, max_margins, robust_z_above
 
 
 def gamma_p_value(values: np.ndarray) -> float:
@@ -92,9 +64,9 @@ def main(argv=None):
     for case, spec, lm, defense, mirror in probe_inputs(args.cases):
         torch.set_num_threads(args.threads)
         start = time.perf_counter()
-        margins = max_margins(mirror, defense.x, lm.num_classes, spec.preprocess.layout, starts=args.starts, steps=args.steps,
-                              lr=args.lr, seed=0)
-        z = robust_z(margins)
+        margins = max_margins(mirror, defense.x, lm.num_classes, spec.preprocess.layout,
+                              MaxMarginConfig(starts=args.starts, steps=args.steps, lr=args.lr, seed=0))
+        z = robust_z_above(margins)
         suspect = int(np.argmax(margins))
         p = gamma_p_value(margins)
         attack = json.loads(case.spec.read_text()).get("attack", "?")

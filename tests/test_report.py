@@ -40,7 +40,7 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     result, paths = tiny_sanitized
     report = json.loads(paths["json"].read_text())
     validate_report(report)
-    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.13"}
+    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.14"}
     assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
     assert report["resume"]["runs_resumed"] > 0 and report["resume"]["levels"] > 0  # on by default on the CPU
     assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0
@@ -106,12 +106,15 @@ def test_audit_passes_a_clean_real_model_with_exit_0(tmp_path):
     assert report["verdict"]["verdict"] == "no backdoor evidence" and report["status"] == STATUS_CLEAN
     validate_report(report)
     page = render_html(report)  # the page without any pruning: no policy, graph or reward figures
-    # Trigger synthesis found nothing, so the neuron-perturbation and amplification scans ran, and found nothing.
+    # Trigger synthesis found nothing, so the neuron-perturbation, amplification and max-margin scans ran, and
+    # found nothing.
     scan = report["neuron_perturbation"]
     assert report["detector"] == "trigger synthesis" and max(scan["share_per_class"]) < scan["min_share"]
     amplified = report["neuron_amplification"]
     assert amplified["anomaly_index"] < amplified["threshold"] and len(amplified["count_per_class"]) == 10
-    assert "Verdict: no backdoor evidence" in page and page.count("<img") == 3
+    margins = report["max_margin"]
+    assert margins["anomaly_index"] < margins["threshold"] and len(margins["margin_per_class"]) == 10
+    assert "Verdict: no backdoor evidence" in page and page.count("<img") == 4
 
 
 def test_gate_commands_reject_bad_input_with_their_exit_codes(tmp_path, monkeypatch):

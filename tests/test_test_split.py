@@ -248,13 +248,16 @@ def test_bench_draws_report_mean_worst_and_the_gate(tmp_path, monkeypatch):
     assert "| tiny_badnet_cifar10 | cifar10 | onp | 2 |" in table  # per-draw row with its draw column
 
 
-def test_gate_counts_both_errors():
+def test_gate_counts_all_three_errors():
     rows = [{"status": "sanitized", "asr_after": 0.25}, {"status": "sanitized", "asr_after": 0.05},
             {"status": "backdoor remains: x", "asr_after": 0.05}, {"status": "backdoor remains: x", "asr_after": 0.5},
-            {"status": "no backdoor evidence: nothing pruned", "asr_after": None}]
+            {"status": "no backdoor evidence: nothing pruned", "asr_after": None},
+            {"status": "no backdoor evidence: nothing pruned", "asr_after": 0.99},
+            {"status": "no backdoor evidence: nothing pruned", "asr_after": 0.02}]
     counts = gate_summary(rows)
     assert counts["sanitized_while_asr_over_20"] == 1 and counts["remains_while_asr_under_10"] == 1
-    assert counts["pairs"] == 5 and sum(counts["by_status"].values()) == 5
+    assert counts["missed_while_asr_over_20"] == 1
+    assert counts["pairs"] == 7 and sum(counts["by_status"].values()) == 7
 
 
 def test_draws_option_is_validated():

@@ -215,8 +215,9 @@ def gate_rows(result: BenchResult) -> list[dict]:
 
 
 def gate_summary(rows: list[dict]) -> dict:
-    """Counts of each outcome, and of the two errors: ``sanitized`` while test ASR after is over 20%, and
-    ``backdoor remains`` while it is under 10%."""
+    """Counts of each outcome, and of the three errors: ``sanitized`` while test ASR after is over 20% (a backdoor
+    shipped), ``no backdoor evidence`` while it is over 20% (a backdoor missed: exit 0 as well), and ``backdoor
+    remains`` while it is under 10% (a needless refusal)."""
     def is_sanitized(r):
         return r["status"] == "sanitized"
 
@@ -230,6 +231,8 @@ def gate_summary(rows: list[dict]) -> dict:
             "sanitized_within_ca_budget": sum(r["ca_drop"] <= CA_BUDGET + 1e-9 for r in written),
             "by_status": {s: sum(r["status"] == s for r in rows) for s in sorted({str(r["status"]) for r in rows})},
             "sanitized_while_asr_over_20": sum(is_sanitized(r) and r["asr_after"] > GATE_ASR_HIGH for r in measured),
+            "missed_while_asr_over_20": sum(str(r["status"] or "").startswith("no backdoor evidence")
+                                            and r["asr_after"] > GATE_ASR_HIGH for r in measured),
             "remains_while_asr_under_10": sum(says_remains(r) and r["asr_after"] < GATE_ASR_LOW for r in measured)}
 
 
@@ -240,7 +243,8 @@ def gate_lines(result: BenchResult) -> list[str]:
     counts = gate_summary(rows)
     lines = ["The gate as a classifier: ONP's outcome on every (model, draw) against the test ASR after it. "
              f"`sanitized` said while test ASR > 20%: **{counts['sanitized_while_asr_over_20']}** of "
-             f"{counts['pairs']}; `backdoor remains` said while test ASR < 10%: "
+             f"{counts['pairs']}; `no backdoor evidence` said while test ASR > 20% (missed): "
+             f"**{counts['missed_while_asr_over_20']}**; `backdoor remains` said while test ASR < 10%: "
              f"**{counts['remains_while_asr_under_10']}**; test CA drop within {CA_BUDGET * 100:.0f} points on "
              f"**{counts['sanitized_within_ca_budget']}** of the {counts['sanitized']} `sanitized` pairs.", "",
              "| model | split | draw | status | ASR % before | ASR % after | CA drop | wrong? |",
@@ -250,6 +254,8 @@ def gate_lines(result: BenchResult) -> list[str]:
         wrong = ""
         if asr is not None and r["status"] == "sanitized" and asr > GATE_ASR_HIGH:
             wrong = "sanitized, ASR > 20%"
+        elif asr is not None and str(r["status"] or "").startswith("no backdoor evidence") and asr > GATE_ASR_HIGH:
+            wrong = "missed, ASR > 20%"
         elif asr is not None and str(r["status"] or "").startswith("backdoor remains") and asr < GATE_ASR_LOW:
             wrong = "remains, ASR < 10%"
         lines.append(f"| {r['model']} | {r['split']} | {r['draw']} | {r['status']} | {_pct(r['asr_before'])} | "
@@ -258,7 +264,7 @@ def gate_lines(result: BenchResult) -> list[str]:
 
 
 _PHASES = (("trigger_synthesis", "synthesis"), ("perturbation_scan", "perturbation scan"),
-           ("amplification_scan", "amplification scan"),
+           ("amplification_scan", "amplification scan"), ("max_margin_scan", "max-margin scan"),
            ("trigger_refinement", "refinement"), ("signals_and_graphs", "signals + graphs"),
            ("agent_training", "agent training"), ("decision", "decision"), ("resynthesis", "re-check"),
            ("prune_back", "prune-back"))

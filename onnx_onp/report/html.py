@@ -96,6 +96,14 @@ def figure_amplification_counts(report: dict) -> str:
                            f"other images to each class; class {target}: anomaly index {scan['anomaly_index']:.2f}")
 
 
+def figure_max_margins(report: dict) -> str:
+    scan = report["max_margin"]
+    target = scan["suspected_target"]
+    return _per_class_bars(scan["margin_per_class"], target, _flagged_by(report, "max margin"), "logit margin",
+                           f"Largest logit margin over the other classes that inputs optimised from noise reach for "
+                           f"each class; class {target}: anomaly index {scan['anomaly_index']:.2f}")
+
+
 def figure_pruned_per_layer(report: dict) -> str:
     rows = report["pruned"]["per_layer_counts"]
     plt = _plt()
@@ -345,6 +353,13 @@ def render_html(report: dict) -> str:
             f"strong signals towards itself this way; it is how the image-wide SIG trigger was found in the "
             f"benchmark. ")
         parts.append(_outcome_text(report))
+    elif suspected and v.get("detector") == "max margin":
+        parts.append(
+            f"No class can be reached with an unusually small input patch, a neuron perturbation or amplified "
+            f"neurons, but inputs optimised from noise make the network score class {v['suspected_target']} with a "
+            f"logit margin of {v['target_max_margin']:g}, against a median of {v['others_median_max_margin']:g} for "
+            f"the other classes. A backdoor's target reaches such margins whatever its trigger looks like. ")
+        parts.append(_outcome_text(report))
     elif suspected:
         parts.append(
             f"Among the {len(report['trigger_synthesis']['mask_l1_per_class'])} classes, class "
@@ -356,8 +371,10 @@ def render_html(report: dict) -> str:
         parts.append("No class stands out: no reverse-engineered trigger is unusually small"
                      + (", no small neuron perturbation sends the images of other classes to one class"
                         if "neuron_perturbation" in report else "")
-                     + (", and no class collects an outlier number of amplified neurons"
+                     + (", no class collects an outlier number of amplified neurons"
                         if "neuron_amplification" in report else "")
+                     + (", and no class reaches an outlier logit margin from noise"
+                        if "max_margin" in report else "")
                      + ", so there is no backdoor evidence and nothing was changed. This is evidence, not proof: "
                        "a trigger may escape every test.")
     parts.append(f"</p><p class='muted'>Rule: {_e(v['rule'])}.</p>")
@@ -381,6 +398,11 @@ def render_html(report: dict) -> str:
         parts.append(_figure(figure_amplification_counts(report), "neuron amplification per class",
                              "For each class, how many single neuron groups, amplified, send at least 90% of the "
                              "other classes' clean images there. A backdoor target collects far more."))
+    if "max_margin" in report:
+        parts.append("<h2>Evidence: maximum margin</h2>")
+        parts.append(_figure(figure_max_margins(report), "maximum logit margin per class",
+                             "For each class, the largest margin by which inputs optimised from noise make the "
+                             "network prefer it. A backdoor target reaches far more."))
     if v["carrier_neurons"]:
         parts.append("<p>Neurons that carry the signal (pruned, strongest activation shift under the synthesized "
                      "trigger first): " + ", ".join(f"<code>{_e(n)}</code>" for n in v["carrier_neurons"]) + "</p>")

@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import quote
 
 from .. import __version__
-from .verdict import (AMPLIFICATION, PERTURBATION, STATUS_DETECT_ONLY, STATUS_SANITIZED, STATUS_UNSANITIZABLE,
-                      SUSPECTED, SYNTHESIS)
+from .verdict import (AMPLIFICATION, MAX_MARGIN, PERTURBATION, STATUS_DETECT_ONLY, STATUS_SANITIZED,
+                      STATUS_UNSANITIZABLE, SUSPECTED, SYNTHESIS)
 
 SARIF_VERSION = "2.1.0"
 SARIF_SCHEMA_URI = "https://docs.oasis-open.org/sarif/sarif/v2.1.0/errata01/os/schemas/sarif-schema-2.1.0.json"
@@ -38,6 +38,9 @@ _DESCRIPTIONS = {
     AMPLIFICATION: ("Amplifying single neurons sends images to one class",
                     "One neuron group at a time multiplied by 32 and by 100: the number of settings that send at "
                     "least 90% of other classes' images to one class is an outlier (SIG-style triggers)."),
+    MAX_MARGIN: ("One class reaches logit margins no other class does",
+                 "MM-BD: per class, the largest logit margin that inputs optimised from noise reach; one class's is an "
+                 "outlier (a backdoor's target, whatever its trigger looks like)."),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.13"
+SCHEMA_VERSION = "1.14"  # 1.14: max_margin (the fourth detector)
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -86,7 +86,7 @@ REPORT_SCHEMA = {
                            "max_size_ratio": {"type": "number", "minimum": 0},
                            "success_per_class": {"type": "array", "items": _share}}},
         "detector": {"type": "string", "description": "the deciding detector: trigger synthesis, neuron "
-                     "perturbation, neuron amplification, or one a caller added (detect.Detector)"},
+                     "perturbation, neuron amplification, max margin, or one a caller added (detect.Detector)"},
         "detector_key": {"type": "string", "description": "the report field that holds the deciding detector's "
                          "evidence"},
         "schedule": {"enum": ["standard", "large model"],
@@ -106,6 +106,11 @@ REPORT_SCHEMA = {
                                                "minItems": 2},
                            "settings": {"type": "integer", "minimum": 0}, "min_fraction": _share,
                            "factors": {"type": "array", "items": _number}}},
+        "max_margin": {
+            "type": "object", "description": "run only when none of the other detectors finds anything (MM-BD)",
+            "required": ["suspected_target", "anomaly_index", "threshold", "margin_per_class"],
+            "properties": {"margin_per_class": {"type": "array", "items": _number, "minItems": 2},
+                           "steps": {"type": "integer", "minimum": 1}, "starts": {"type": "integer", "minimum": 1}}},
         "defense_data": {"type": "object", "required": ["samples", "train", "holdout"],
                          "properties": {"samples": {"type": "integer", "minimum": 1}}},
         "clean_accuracy_holdout": {"type": "object", "required": ["before", "after", "drop"],
