@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from ..signals.amplification import AmplificationConfig
-from ..signals.max_margin import MaxMarginConfig, max_margins, robust_z_above
-from ..signals.max_margin import scan as scan_max_margin
 from ..signals.amplification import scan as scan_amplification
+from ..signals.max_margin import MaxMarginConfig, max_margins, robust_z_above, starts_per_class
+from ..signals.max_margin import scan as scan_max_margin
 from ..signals.perturbation import PerturbationConfig, perturb_towards
 from ..signals.perturbation import scan as scan_perturbation
 from ..signals.synthesis import SynthesisConfig, anomaly_indices, synthesize
@@ -228,7 +228,8 @@ class MaxMargin(Detector):
         threshold = for_classes(config.max_margin_threshold, ctx.num_classes)
         evidence = {"suspected_target": scan.suspect, "anomaly_index": round(scan.anomaly_index, 3),
                     "threshold": round(threshold, 3), "margin_per_class": [round(float(m), 2) for m in scan.margins],
-                    "steps": config.max_margin.steps, "starts": config.max_margin.starts,
+                    "steps": config.max_margin.steps,
+                    "starts": starts_per_class(config.max_margin, ctx.num_classes),
                     "seconds": round(scan.seconds, 2)}
         return Detection(self.name, self.report_key, bool(scan.anomaly_index >= threshold), scan.suspect,
                          scan.anomaly_index, threshold, evidence, self.probe_kind, scan)
