@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from onnx_onp import interrupts
 from onnx_onp.errors import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERRUPTED, EXIT_TERMINATED, MaskError, OnpError,
                              Terminated, UnsupportedModelError)
 
@@ -36,7 +37,7 @@ class _Cli(click.Group):
         """click's own usage errors become one ``error:`` line too (exit 2), not four lines of usage text."""
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        previous = _catch_sigterm()
+        previous = interrupts.install()
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:
@@ -47,7 +48,7 @@ class _Cli(click.Group):
             click.echo("error: interrupted", err=True)
             code = 130
         finally:
-            _restore_sigterm(previous)
+            interrupts.restore(previous)
         sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx):
@@ -56,13 +57,19 @@ class _Cli(click.Group):
         debug = "--debug" in sys.argv
         forget_written()  # only what this invocation writes is removed on an interrupt
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            interrupts.checkpoint()  # a signal swallowed on the way (see onnx_onp.interrupts) still stops the run
+            return result
         except OnpError as exc:
+            if interrupts.pending() is not None:  # the run failed because it was interrupted: say that
+                ctx.exit(_interrupted(interrupts.pending()))
             if debug:
                 raise
             click.echo(f"error: {_one_line(str(exc))}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            if interrupts.pending() is not None:  # e.g. a gate exit reached after a swallowed signal
+                ctx.exit(_interrupted(interrupts.pending()))
             raise
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): remove what this run wrote
             ctx.exit(_interrupted(exc))
@@ -91,21 +98,6 @@ class _Cli(click.Group):
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-def _catch_sigterm():
-    """SIGTERM raises Terminated (a KeyboardInterrupt) so that temporary files are removed on the way out."""
-    def handler(signum, frame):
-        raise Terminated()
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (an embedding application): leave its handler alone
-        return None
-
-
-def _restore_sigterm(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:

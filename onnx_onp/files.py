@@ -7,6 +7,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import interrupts
 from .errors import OutputError
 
 
@@ -57,6 +58,7 @@ def atomic_output(path):
         os.close(handle)
         try:
             yield temporary
+            interrupts.checkpoint()  # an interrupt swallowed while this file was written: do not publish it
             ordinary_permissions(temporary)
             os.replace(temporary, target)
             _written.append(target)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import interrupts
 from .config import LARGE_MODEL_PARAMETERS, SanitizeConfig, large_model_schedule
 from .context import PhaseTimer, RunContext, check_defense, split_check, split_defense
 from .data import Dataset, Preprocess
@@ -146,7 +147,9 @@ def _context(lm, nmap, defense, evaluator, config, layout, progress, timer, mirr
 def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, dict]:
     """detect -> probes -> search -> decide -> verify -> report."""
     config = ctx.config
+    interrupts.checkpoint()  # before each stage: a signal swallowed inside a callback still stops the run
     detection = run_detectors(ctx, detectors)
+    interrupts.checkpoint()
     detector = detector_named(detectors, detection.detector)
     # Weak suspicion needs a pruning search to be confirmed, even when nothing is to be pruned.
     confirm = (detection.suspected and detector.needs_confirmation(ctx, detection)
@@ -156,14 +159,18 @@ def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, 
     if act:
         built = build_probes(ctx, detection, probe_families)
         ctx.timer.lap("trigger_refinement")
+        interrupts.checkpoint()
         search = run_search(ctx, detection, detector, built)
+        interrupts.checkpoint()
         mask = search.mask
         if config.decide.prune_back_tolerance is not None and mask.sum() > 1:
             ctx.progress.stage("giving back pruned groups the probe does not need")
             mask, pruned_back = prune_back(ctx.evaluator, ctx.search_data, search.probes, detection.target, ctx.axes,
                                            config, mask)
             ctx.timer.lap("prune_back")
+    interrupts.checkpoint()
     verification = verify(ctx, detection, search, mask, confirm=confirm, act=act, detector=detector, built=built)
+    interrupts.checkpoint()
     return verification.mask, assemble_report(ctx, detection, built, search, pruned_back, verification)
 
 

@@ -100,3 +100,33 @@ def test_interrupt_while_prune_writes_leaves_no_temporary(case, monkeypatch):
     result = CliRunner().invoke(main, ["prune", str(model), "--neurons", "#0:0", "-o", str(out / "p.onnx")])
     assert result.exit_code == EXIT_INTERRUPTED, result.output
     assert list(out.iterdir()) == []
+
+
+def test_an_interrupt_swallowed_inside_a_finaliser_still_stops_the_run(case, monkeypatch, capfd):
+    """A signal whose handler runs inside ``__del__`` or a weakref callback (the import system's module-lock
+    callback, as in a CI run) has its KeyboardInterrupt printed as "Exception ignored" and dropped: the run
+    must stop at its next checkpoint anyway, with exit 130, one line, and nothing written."""
+    import os
+    import onnx_onp.sanitize as pipeline
+
+    model, data, out = case
+    real_detectors = pipeline.run_detectors
+
+    class SignalledWhileFinalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here, inside the finaliser, and Python drops what it raises
+
+    def detect_then_lose_the_signal(*args, **kwargs):
+        result = real_detectors(*args, **kwargs)
+        SignalledWhileFinalised()  # created and finalised at once
+        return result
+
+    monkeypatch.setattr(pipeline, "run_detectors", detect_then_lose_the_signal)
+    result = CliRunner().invoke(main, ["sanitize", str(model), "--data", str(data), "--budget", "1", "--rounds",
+                                       "1", "--force", "--fail-on", "never", "-o", str(out / "clean.onnx"),
+                                       "--report", str(out / "r.json")])
+    assert result.exit_code == EXIT_INTERRUPTED, result.output
+    assert result.output.strip().startswith("error: interrupted") and result.output.count("\n") == 1
+    assert "Exception ignored" not in capfd.readouterr().err
+    assert list(out.iterdir()) == []
