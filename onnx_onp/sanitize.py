@@ -22,7 +22,7 @@ from .config import LARGE_MODEL_PARAMETERS, SanitizeConfig, large_model_schedule
 from .context import PhaseTimer, RunContext, check_defense, split_check, split_defense
 from .data import Dataset, Preprocess
 from .decide.prune_back import prune_back
-from .detect import DETECTORS, detector_named, run_detectors
+from .detect import DETECTORS, detector_named, run_detectors, run_last_resort
 from .export import export_pruned
 from .instrument import MaskedEvaluator
 from .load import load_model
@@ -144,12 +144,44 @@ def _context(lm, nmap, defense, evaluator, config, layout, progress, timer, mirr
                       progress=progress, timer=timer, check=check)
 
 
+@dataclass
+class Attempt:
+    """One detection acted on: its probes, search, prune-back and verification."""
+    detection: object
+    built: list | None
+    search: object
+    pruned_back: dict | None
+    verification: object
+
+    @property
+    def unconfirmed(self) -> bool:
+        """A weak suspicion the pruning did not confirm: the run would say "no backdoor evidence"."""
+        confirmation = self.verification.confirmation
+        return confirmation is not None and not confirmation["confirmed"]
+
+
 def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, dict]:
-    """detect -> probes -> search -> decide -> verify -> report."""
-    config = ctx.config
+    """detect -> probes -> search -> decide -> verify -> report; a suspicion the pruning does not confirm counts as
+    nothing found, so the last-resort detector (MM-BD) gets its turn then, as when the cascade finds nothing."""
     interrupts.checkpoint()  # before each stage: a signal swallowed inside a callback still stops the run
     detection = run_detectors(ctx, detectors)
     interrupts.checkpoint()
+    attempt = act_on(ctx, detection, detectors, probe_families)
+    unconfirmed = None
+    if attempt.unconfirmed and not ctx.config.force:
+        fallback = run_last_resort(ctx, detectors)
+        if fallback is not None and fallback.suspected:
+            unconfirmed = dict(attempt.verification.confirmation, superseded_by=fallback.detector)
+            attempt = act_on(ctx, fallback, detectors, probe_families)
+    report = assemble_report(ctx, attempt.detection, attempt.built, attempt.search, attempt.pruned_back,
+                             attempt.verification)
+    if unconfirmed is not None:
+        report["unconfirmed_suspicion"] = unconfirmed
+    return attempt.verification.mask, report
+
+
+def act_on(ctx: RunContext, detection, detectors, probe_families) -> Attempt:
+    config = ctx.config
     detector = detector_named(detectors, detection.detector)
     # Weak suspicion needs a pruning search to be confirmed, even when nothing is to be pruned.
     confirm = (detection.suspected and detector.needs_confirmation(ctx, detection)
@@ -171,7 +203,7 @@ def run_stages(ctx: RunContext, detectors, probe_families) -> tuple[np.ndarray, 
     interrupts.checkpoint()
     verification = verify(ctx, detection, search, mask, confirm=confirm, act=act, detector=detector, built=built)
     interrupts.checkpoint()
-    return verification.mask, assemble_report(ctx, detection, built, search, pruned_back, verification)
+    return Attempt(detection, built, search, pruned_back, verification)
 
 
 def parameter_count(lm: LoadedModel) -> int:

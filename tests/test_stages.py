@@ -81,3 +81,74 @@ def test_the_detector_list_must_hold_trigger_synthesis():
 
     with pytest.raises(ValueError, match="trigger synthesis"):
         run_detectors(None, [MostCommonPrediction()])
+
+
+def _quick_pruning_config():
+    from onnx_onp.agent import TrainConfig
+    from onnx_onp.decide import DecideConfig
+    from onnx_onp.probes import ProbeConfig
+    from onnx_onp.search import SearchConfig
+
+    # Built-in detectors find nothing (unreachable synthesis threshold, scans off): the toys below decide.
+    return override(SanitizeConfig(), {
+        "detect.anomaly_threshold": 1e9, "detect.perturbation_scan": False, "detect.amplification_scan": False,
+        "detect.max_margin_scan": False, "detect.synthesis": SynthesisConfig(steps=5, batch_size=16),
+        "probes": ProbeConfig(refine_triggers=1, refine_steps=5),
+        "search": SearchConfig(rounds=1, train=TrainConfig(steps=2, masks_per_step=4)),
+        "decide": DecideConfig(prune_back_tolerance=None)})
+
+
+class WeakSuspicion(MostCommonPrediction):
+    """Evidence that stands only if the pruning confirms it (as the amplification detector's)."""
+    name, report_key = "weak suspicion", "weak_suspicion"
+
+    def needs_confirmation(self, ctx, detection):
+        return True
+
+
+class LastResort(MostCommonPrediction):
+    name, report_key, last_resort = "last resort", "last_resort", True
+
+    def __init__(self, suspects: bool):
+        self.suspects, self.ran = suspects, 0
+
+    def detect(self, ctx):
+        self.ran += 1
+        return replace(super().detect(ctx), suspected=self.suspects)
+
+
+def test_a_suspicion_the_pruning_does_not_confirm_hands_over_to_the_last_resort_detector(monkeypatch):
+    """An unconfirmed suspicion is "nothing found", which is when the last-resort detector (MM-BD) runs: when it
+    suspects, the run acts on its suspicion, and the report keeps what was not confirmed."""
+    import onnx_onp.verify as verify
+
+    monkeypatch.setattr(verify, "shortcut_confirmed", lambda *args: False)  # the pruning never confirms
+    spec = Spec.load(TINY.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=120, seed=0)
+    last = LastResort(suspects=True)
+    result = sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=_quick_pruning_config(),
+                      detectors=[DETECTORS[0], WeakSuspicion(), last])
+    report = result.report
+    assert last.ran == 1
+    assert report["detector"] == "last resort" and report["verdict"]["verdict"] == "backdoor suspected"
+    assert report["unconfirmed_suspicion"]["detector"] == "weak suspicion"
+    assert report["unconfirmed_suspicion"]["confirmed"] is False
+    assert report["unconfirmed_suspicion"]["superseded_by"] == "last resort"
+    assert "confirmation" not in report and report["weak_suspicion"] and report["last_resort"]
+    report.update(command="sanitize", started_at=report["started_at"], exit_code=0)
+    validate_report(report)
+
+
+def test_an_unconfirmed_suspicion_stays_no_evidence_when_the_last_resort_finds_nothing(monkeypatch):
+    import onnx_onp.verify as verify
+
+    monkeypatch.setattr(verify, "shortcut_confirmed", lambda *args: False)
+    spec = Spec.load(TINY.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=120, seed=0)
+    last = LastResort(suspects=False)
+    result = sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=_quick_pruning_config(),
+                      detectors=[DETECTORS[0], WeakSuspicion(), last])
+    report = result.report
+    assert last.ran == 1 and "last_resort" in report and "unconfirmed_suspicion" not in report
+    assert report["detector"] == "weak suspicion" and report["confirmation"]["confirmed"] is False
+    assert report["verdict"]["verdict"] == "no backdoor evidence" and not result.mask.any()

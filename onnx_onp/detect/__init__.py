@@ -93,6 +93,8 @@ class Detector:
     report_key = "detector"
     phase = "detector"  # the timer's phase name
     probe_kind = "trigger"
+    # A last-resort detector runs when the others find nothing, and also when what they found is not confirmed
+    last_resort = False
 
     def enabled(self, config: DetectConfig) -> bool:
         return True
@@ -215,6 +217,7 @@ class MaxMargin(Detector):
     """MM-BD: a backdoor's target reaches logit margins no clean class does, from optimised noise inputs. The
     suspect's probe is its synthesized trigger, as for the first detector."""
     name, report_key, phase = "max margin", "max_margin", "max_margin_scan"
+    last_resort = True
 
     def enabled(self, config: DetectConfig) -> bool:
         return config.max_margin_scan
@@ -272,6 +275,21 @@ def run_detectors(ctx, detectors: list[Detector]) -> Detection:
     if deciding is None:
         raise ValueError("no detector is enabled")
     return deciding
+
+
+def run_last_resort(ctx, detectors: list[Detector]) -> Detection | None:
+    """The last-resort detectors that have not run yet, in turn until one suspects a backdoor (after a suspicion
+    that the pruning did not confirm). None when there is none to run."""
+    found = None
+    for detector in detectors:
+        if not detector.last_resort or detector.name in ctx.detections or not detector.enabled(ctx.config.detect):
+            continue
+        found = detector.detect(ctx)
+        ctx.detections[detector.name] = found
+        _note(ctx, found)
+        if found.suspected:
+            break
+    return found
 
 
 def detector_named(detectors: list[Detector], name: str) -> Detector:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.14"  # 1.14: max_margin (the fourth detector)
+SCHEMA_VERSION = "1.15"  # 1.14: max_margin (the fourth detector); 1.15: unconfirmed_suspicion
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -159,6 +159,14 @@ REPORT_SCHEMA = {
                            "only when the pruning search cuts the probe's held-out ASR to at most max_ratio of what "
                            "it was",
             "properties": {"detector": {"type": "string"}, "confirmed": {"type": "boolean"}, "max_ratio": _share,
+                           "probe_asr_holdout": _before_after, "tentative_pruned": {"type": "object"}}},
+        "unconfirmed_suspicion": {
+            "type": "object", "required": ["detector", "confirmed", "superseded_by"],
+            "description": "a weak suspicion the pruning did not confirm, after which the last-resort detector "
+                           "(superseded_by) suspected a backdoor and was acted on instead: the run's detector, "
+                           "confirmation and rounds are the last-resort detector's",
+            "properties": {"detector": {"type": "string"}, "confirmed": {"type": "boolean"},
+                           "superseded_by": {"type": "string"}, "max_ratio": _share,
                            "probe_asr_holdout": _before_after, "tentative_pruned": {"type": "object"}}},
         "reward_curve": {"type": "array", "items": {
             "type": "object", "required": ["round", "step", "mean_reward", "best_reward"]}},
