@@ -137,6 +137,9 @@ def test_a_suspicion_the_pruning_does_not_confirm_hands_over_to_the_last_resort_
     assert "confirmation" not in report and report["weak_suspicion"] and report["last_resort"]
     report.update(command="sanitize", started_at=report["started_at"], exit_code=0)
     validate_report(report)
+    from onnx_onp.report.html import render_html
+
+    assert "Verdict: backdoor suspected" in render_html(report)  # the page renders the handed-over run
 
 
 def test_an_unconfirmed_suspicion_stays_no_evidence_when_the_last_resort_finds_nothing(monkeypatch):

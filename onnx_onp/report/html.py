@@ -359,6 +359,10 @@ def render_html(report: dict) -> str:
             f"neurons, but inputs optimised from noise make the network score class {v['suspected_target']} with a "
             f"logit margin of {v['target_max_margin']:g}, against a median of {v['others_median_max_margin']:g} for "
             f"the other classes. A backdoor's target reaches such margins whatever its trigger looks like. ")
+        first = report.get("unconfirmed_suspicion")
+        if first:
+            parts.append(f"(The {_e(first['detector'])} detector suspected a backdoor first, but the pruning did not "
+                         f"confirm it, so this last-resort detector was asked and its suspicion acted on.) ")
         parts.append(_outcome_text(report))
     elif suspected:
         parts.append(
