@@ -134,3 +134,33 @@ def test_the_audit_data_never_changes_the_mask():
     audited = sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=_small_config(),
                        audit=lambda evaluator, mask: {"looked": int(mask.sum())})
     assert np.array_equal(plain.mask, audited.mask) and audited.report["audit"]["looked"] == int(plain.mask.sum())
+
+
+def _final_check_with(monkeypatch, probes: dict) -> dict:
+    """verify.final_check with the probe result given and the clean-accuracy bound within budget."""
+    from types import SimpleNamespace
+
+    import onnx_onp.verify as verify
+    from onnx_onp.config import SanitizeConfig
+
+    monkeypatch.setattr(verify, "_probes_again", lambda *a: {"source": "probes", "decisive": True, **probes})
+    monkeypatch.setattr(verify, "check_accuracy", lambda *a, **k: {"drop": 0.0, "upper_bound": 0.01, "budget": 0.02,
+                                                                     "within_budget": True})
+    quiet = SimpleNamespace(stage=lambda *a, **k: None, note=lambda *a, **k: None)
+    ctx = SimpleNamespace(config=SanitizeConfig(), progress=quiet, check=[0] * 100, evaluator=None,
+                          timer=SimpleNamespace(lap=lambda *a: None))
+    return verify.final_check(ctx, None, None, None, None, np.zeros(4, bool))
+
+
+def test_a_check_too_weak_to_see_the_backdoor_cannot_clear_it(monkeypatch):
+    """Probes that barely worked on the unpruned model cannot show the backdoor gone: 'not found' there would be
+    absence of evidence, so the outcome is backdoor remains, never sanitized."""
+    weak = _final_check_with(monkeypatch, {"found": False, "conclusive": False, "asr_before": 0.49,
+                                           "asr_after": 0.37})
+    assert weak["backdoor_remains"] and weak["cannot_show_gone"]
+    cut = _final_check_with(monkeypatch, {"found": False, "conclusive": True, "asr_before": 0.99,
+                                          "asr_after": 0.05})
+    assert not cut["backdoor_remains"] and not cut["cannot_show_gone"]
+    still = _final_check_with(monkeypatch, {"found": True, "conclusive": True, "asr_before": 0.99,
+                                            "asr_after": 0.9})
+    assert still["backdoor_remains"] and not still["cannot_show_gone"]

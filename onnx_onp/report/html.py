@@ -275,6 +275,10 @@ def _outcome_text(report: dict) -> str:
         return (f"onnx-onp removed the {neurons} neurons that carry it while keeping clean accuracy within the budget "
                 f"of {budget:.1f} points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images "
                 f"keep their answer.{checked}")
+    if status == STATUS_REMAINS and check and check.get("cannot_show_gone"):
+        return (f"onnx-onp pruned {neurons} neurons, but the final check cannot show the backdoor gone: the detected "
+                f"trigger's probes barely worked on the unpruned model either (see the final check below). Treat "
+                f"the backdoor as remaining: the model should not ship.")
     if status == STATUS_REMAINS:
         return (f"onnx-onp pruned {neurons} neurons, but on defense images the search never saw the detected trigger "
                 f"still works (see the final check below): the backdoor remains and the model should not ship.")
@@ -287,7 +291,8 @@ def _outcome_text(report: dict) -> str:
 
 def _final_check_section(check: dict) -> str:
     ca = check["clean_accuracy"]
-    rows = [(_e(item["source"]), _e(("found" if item["found"] else "not found")
+    rows = [(_e(item["source"]), _e(("found" if item["found"] else "too weak to decide: counts as remaining"
+                                     if not item.get("conclusive", True) else "not found")
                                     + ("" if item["decisive"] else " (recorded, does not decide)")
                                     + (f"; ASR {_pct(item['asr_before'])} → {_pct(item['asr_after'])}"
                                        if "asr_after" in item else "")))

@@ -9,7 +9,9 @@ decision nor the prune-back ever saw (``VerifyConfig.check_share`` of them, cut 
 
 - Residual evidence: the search's first probes (the detected trigger, refined) stamped on check images, and the
   deciding detector looking again on them. A probe whose success pruning does not at least halve means the
-  backdoor still works: the outcome is ``backdoor remains`` (exit 11), never ``sanitized``.
+  backdoor still works: the outcome is ``backdoor remains`` (exit 11), never ``sanitized``. So does a check that
+  cannot see the backdoor at all (the probes reach under ``residual_min_asr`` on the unpruned model): it cannot
+  show the backdoor gone.
 - The clean-accuracy budget: a one-sided upper confidence bound on the paired accuracy drop over the check images
   (each image counts +1 when pruning breaks it, -1 when it fixes it) must be within ``--max-ca-drop``; a raw count
   on the data that chose the mask is optimistic by construction.
@@ -148,13 +150,18 @@ def final_check(ctx, detection, detector, search, built, mask: np.ndarray) -> di
         residual.append(_detector_again(ctx, detection, detector, mask))
     ca = check_accuracy(ctx.evaluator, ctx.check, mask, budget=ctx.config.max_ca_drop,
                         confidence=config.ca_confidence)
-    remains = any(item["found"] and item["decisive"] for item in residual)
+    found = any(item["found"] and item["decisive"] for item in residual)
+    # A check that cannot see the backdoor cannot clear it: with no decisive source able to (a probe that did not
+    # work on the unpruned model either), "not found" would be absence of evidence, and the gate must not ship.
+    blind = not any(item["decisive"] and item.get("conclusive", True) for item in residual)
+    remains = found or blind
     ctx.progress.note(f"final check on {len(ctx.check)} images: backdoor "
-                      f"{'still works' if remains else 'not found'}; clean-accuracy drop {100 * ca['drop']:.1f} points "
+                      f"{'still works' if found else 'cannot be shown gone' if blind else 'not found'}; "
+                      f"clean-accuracy drop {100 * ca['drop']:.1f} points "
                       f"(upper bound {100 * ca['upper_bound']:.1f}, budget {100 * ca['budget']:.1f})")
     ctx.timer.lap("final_check")
-    return {"images": len(ctx.check), "backdoor_remains": remains, "residual_evidence": residual,
-            "clean_accuracy": ca}
+    return {"images": len(ctx.check), "backdoor_remains": remains, "cannot_show_gone": blind and not found,
+            "residual_evidence": residual, "clean_accuracy": ca}
 
 
 def _probes_again(ctx, detection, built, mask: np.ndarray) -> dict:
@@ -164,11 +171,13 @@ def _probes_again(ctx, detection, built, mask: np.ndarray) -> dict:
                     max_stamped=config.probes.max_stamped, seed=ctx.seed + CHECK_ROUND)
     after = env.score(mask[None])[0].asr
     before = env.asr0
-    found = bool(before >= config.verify.residual_min_asr and after >= config.verify.residual_ratio * before)
+    conclusive = bool(before >= config.verify.residual_min_asr)
+    found = bool(conclusive and after >= config.verify.residual_ratio * before)
     return {"source": "the detected trigger's probes on check images", "decisive": True, "found": found,
-            "asr_before": round(float(before), 4), "asr_after": round(float(after), 4),
+            "conclusive": conclusive, "asr_before": round(float(before), 4), "asr_after": round(float(after), 4),
             "rule": f"found when ASR before >= {config.verify.residual_min_asr} and after >= "
-                    f"{config.verify.residual_ratio} x before"}
+                    f"{config.verify.residual_ratio} x before; below {config.verify.residual_min_asr} before, the "
+                    f"probes cannot show the backdoor gone"}
 
 
 def _detector_again(ctx, detection, detector, mask: np.ndarray) -> dict:
