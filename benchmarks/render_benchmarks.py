@@ -481,8 +481,8 @@ PROTOCOL = """## Protocol
   gets only that set, the model, its neuron map and the evaluator: no poisoned image and no test image (a test
   checks every input the evaluator sees during a defense).
 - Test data: CIFAR-10's full test split (10,000 images; 9,000 non-target ones for ASR and RA). MNIST has only
-  `mnist_test.npz`: it is split once with `Dataset.split(500, seed=0)` into a 500-image defense pool and a
-  9,500-image test split. GTSRB uses the fixtures' own split of `gtsrb_test.npz` (`split(10000, seed=0)`): the
+  `mnist_test.npz`: it is split once with `Dataset.split(2000, seed=0)` into a 2,000-image defense pool (so
+  that three draws of 500 differ) and an 8,000-image test split. GTSRB uses the fixtures' own split of `gtsrb_test.npz` (`split(10000, seed=0)`): the
   first part for the defense, the other 2,630 images for testing.
 - CA: clean test accuracy. ASR: share of triggered non-target test images classified as the target. RA: share
   of them classified as their true label. DER = (max(0, ASR drop) − max(0, CA drop) + 1) / 2: 50% is "no

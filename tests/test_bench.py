@@ -294,7 +294,7 @@ def test_gtsrb_split_is_the_training_split_of_the_zoo():
     np.testing.assert_array_equal(test.y, zoo_test.y)
     need(DATA / "mnist_test.npz")
     pool, test = DataSplits(DATA).splits("mnist")
-    assert (len(pool), len(test)) == (500, 9_500)
+    assert (len(pool), len(test)) == (2_000, 8_000)
 
 
 def test_cases_are_discovered_with_their_datasets():
@@ -426,3 +426,21 @@ def test_verdict_table_shows_which_detector_decided():
             "| 1 | – |") in table
     assert verdict_summary(rows) == {"backdoored": 3, "flagged": 3, "target_right": 3, "clean": 2,
                                      "false_alarms": 0, "missed": []}
+
+
+def test_draws_from_a_pool_no_larger_than_one_draw_are_refused():
+    """Three 'draws' of 500 from a 500-image pool are one draw three times: the bench says so instead."""
+    from onnx_onp.bench import BenchConfig, run_bench
+    from onnx_onp.data import Dataset
+
+    class SmallPool:
+        def splits(self, dataset):
+            pool = Dataset(np.zeros((500, 3, 32, 32), np.float32), np.arange(500) % 10, "small")
+            return pool, pool
+
+    case = discover_cases("tiny_badnet_cifar10")[0]
+    seen = []
+    result = run_bench([case], BenchConfig(defenses=("none",), draws=3), splits=SmallPool(),
+                       on_error=lambda c, exc: seen.append(str(exc)))
+    assert len(result.cases) == 1 and "would all be the same data" in result.cases[0].error
+    assert seen == ["3 draws of 500 images from a pool of 500 would all be the same data"]

@@ -15,8 +15,8 @@ Data is read in place from ``../shared/data`` (never copied). The splits (defens
 - cifar10: ``cifar10_train.npz`` / ``cifar10_test.npz``.
 - gtsrb: ``gtsrb_test.npz`` cut with ``Dataset.split(10000, seed=0)``: the first part is the training split
   (the defense pool), the rest the test split, exactly as ``fixtures/zoo/train.py`` trains on it.
-- mnist: only ``mnist_test.npz`` is packed; ``Dataset.split(500, seed=0)`` gives a fixed pool of 500 defense
-  images and a test split of the other 9,500, whatever ``--seed`` is. The real models' reference numbers
+- mnist: only ``mnist_test.npz`` is packed; ``Dataset.split(2000, seed=0)`` gives a fixed pool of 2,000 defense
+  images (draws of 500 from it differ) and a test split of the other 8,000, whatever ``--seed`` is. The real models' reference numbers
   were measured on all 10,000, so the ``none`` row differs slightly from them.
 
 The defense data is ``pool.take(defense_size, draw)`` for each draw seed, the test data
@@ -39,7 +39,8 @@ TEST_MODELS = REPO / "fixtures" / "test_models"
 
 # Must stay equal to fixtures/zoo/train.py's GTSRB_TRAIN and GTSRB_SPLIT_SEED (a test checks it).
 GTSRB_TRAIN, GTSRB_SPLIT_SEED = 10_000, 0
-MNIST_DEFENSE_POOL, MNIST_SPLIT_SEED = 500, 0
+# 2,000: three draws of 500 must be three different sets (a 500-image pool gave the same images every draw)
+MNIST_DEFENSE_POOL, MNIST_SPLIT_SEED = 2_000, 0
 DATASETS = ("cifar10", "gtsrb", "mnist")
 FAMILIES = ("fixtures", "dev", "test", "real", "all")
 SPLITS = ("dev", "test")

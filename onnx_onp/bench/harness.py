@@ -24,7 +24,7 @@ from typing import Any
 
 from ..baselines import DEFENSES, DefenseResult, pruned_neuron_count
 from ..data import Spec
-from ..errors import OnpError
+from ..errors import DataError, OnpError
 from ..instrument import MaskedEvaluator
 from ..load import load_model
 from ..metrics import Prepared, attack_scores, clean_accuracy, prepare, prepare_triggered
@@ -250,6 +250,14 @@ class BenchResult:
     started: str = ""  # local time the run started, ISO 8601
 
 
+def _draws_differ(case: Case, config: BenchConfig, splits: DataSplits) -> bool:
+    """Draws are only draws when the pool is larger than one draw."""
+    try:
+        return len(splits.splits(case.dataset)[0]) > config.defense_size
+    except OnpError:
+        return True  # the case's own run reports the missing data
+
+
 def run_bench(cases: list[Case], config: BenchConfig, *, splits: DataSplits | None = None,
               on_start: Callable[[CaseResult], None] | None = None,
               on_row: Callable[[Row], None] | None = None,
@@ -261,6 +269,13 @@ def run_bench(cases: list[Case], config: BenchConfig, *, splits: DataSplits | No
     start = time.perf_counter()
     results = []
     for case in cases:
+        if config.draws > 1 and not _draws_differ(case, config, splits):
+            exc = DataError(f"{config.draws} draws of {config.defense_size} images from a pool of "
+                            f"{len(splits.splits(case.dataset)[0])} would all be the same data")
+            results.append(CaseResult(case=case, draw=config.seed, error=f"{type(exc).__name__}: {exc}"))
+            if on_error:
+                on_error(case, exc)
+            continue
         for draw in config.draw_seeds:
             try:
                 results.append(run_case(case, config, splits=splits, on_start=on_start, on_row=on_row, draw=draw))
