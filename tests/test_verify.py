@@ -164,3 +164,33 @@ def test_a_check_too_weak_to_see_the_backdoor_cannot_clear_it(monkeypatch):
     still = _final_check_with(monkeypatch, {"found": True, "conclusive": True, "asr_before": 0.99,
                                             "asr_after": 0.9})
     assert still["backdoor_remains"] and not still["cannot_show_gone"]
+
+
+def test_max_margin_decides_the_final_check_until_the_target_is_no_longer_the_largest():
+    """Maximum margin's re-check decides: the target's margin must fall below every clean class's, not just under
+    the outlier cut-off (a width-32 ResNet kept its backdoor at index 3.1 < 4 after pruning)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from onnx_onp.detect import Recheck
+    from onnx_onp.verify import _detector_again
+
+    @dataclasses.dataclass
+    class Ctx:
+        check: str = "check images"
+        train: str = "training images"
+
+    def run(found, largest):
+        detector = SimpleNamespace(recheck=lambda ctx, *a: Recheck(found, None, {"still_largest": largest,
+                                                                                 "seen": ctx.train}))
+        detection = SimpleNamespace(detector="max margin", probe_kind="trigger")
+        return _detector_again(Ctx(), detection, detector, np.zeros(3, bool))
+
+    under_cut_off = run(False, True)
+    assert under_cut_off["decisive"] and under_cut_off["found"] and under_cut_off["seen"] == "check images"
+    gone = run(False, False)
+    assert gone["decisive"] and not gone["found"]
+    synthesis = SimpleNamespace(detector="trigger synthesis", probe_kind="trigger")
+    resynthesized = _detector_again(Ctx(), synthesis, SimpleNamespace(
+        recheck=lambda *a: Recheck(True, None, {"mask_l1": 3.0})), np.zeros(3, bool))
+    assert resynthesized["found"] and not resynthesized["decisive"]  # recorded, does not decide

@@ -183,13 +183,17 @@ def _probes_again(ctx, detection, built, mask: np.ndarray) -> dict:
 def _detector_again(ctx, detection, detector, mask: np.ndarray) -> dict:
     """The deciding detector searches the pruned model for the backdoor again, fitted on the check images only.
 
-    Only the perturbation detector's answer decides: a re-synthesized trigger is found in pruned development
-    models whose real trigger no longer works (a class made easy to reach is not a backdoor), so trigger
-    re-synthesis is recorded as evidence for a reader, not used as the outcome."""
+    The perturbation and maximum-margin detectors' answers decide. A re-synthesized trigger is found in pruned
+    development models whose real trigger no longer works (a class made easy to reach is not a backdoor), so
+    trigger re-synthesis is recorded as evidence for a reader, not used as the outcome. Maximum margin decides
+    with the stricter rule of gone: the target's re-maximized margin must no longer exceed every other class's
+    (an outlier index just under the detection cut-off is not a backdoor removed)."""
     keep = torch.from_numpy((~mask).astype(np.float32))
     again = detector.recheck(replace(ctx, train=ctx.check), detection, keep, CHECK_ROUND)
-    return {"source": f"{detection.detector}, again on check images", "decisive": detection.probe_kind ==
-            "perturbation", "found": bool(again.found), **again.record}
+    found = bool(again.found or again.record.get("still_largest", False))
+    return {"source": f"{detection.detector}, again on check images",
+            "decisive": detection.probe_kind == "perturbation" or "still_largest" in again.record,
+            "found": found, **again.record}
 
 
 def check_accuracy(evaluator, check, mask: np.ndarray, *, budget: float, confidence: float) -> dict:
