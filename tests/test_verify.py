@@ -194,3 +194,42 @@ def test_max_margin_decides_the_final_check_until_the_target_is_no_longer_the_la
     resynthesized = _detector_again(Ctx(), synthesis, SimpleNamespace(
         recheck=lambda *a: Recheck(True, None, {"mask_l1": 3.0})), np.zeros(3, bool))
     assert resynthesized["found"] and not resynthesized["decisive"]  # recorded, does not decide
+
+
+def test_onp_inside_the_bench_sees_only_the_defense_data_and_prunes_what_sanitize_alone_prunes(monkeypatch):
+    """The bench holds test and poisoned data beside ONP: ONP must get the clean defense set only, and its mask
+    must be the one a plain run on that set gives (nothing else leaks into the search or the decision)."""
+    import onnx_onp.sanitize as pipeline
+    from onnx_onp.bench import BenchConfig, DataSplits, discover_cases, run_bench
+    from onnx_onp.instrument import MaskedEvaluator
+    from onnx_onp.load import load_model
+    from onnx_onp.metrics import prepare
+    from onnx_onp.neuron_map import build_neuron_map
+
+    need(DATA / "cifar10_train.npz")
+    seen = []
+    real = pipeline.find_backdoor_mask
+
+    def spy(lm, nmap, data, evaluator, config, **kwargs):
+        mask, report = real(lm, nmap, data, evaluator, config, **kwargs)
+        seen.append((data, mask))
+        return mask, report
+
+    monkeypatch.setattr(pipeline, "find_backdoor_mask", spy)
+    config = _small_config()
+    result = run_bench(discover_cases("tiny_badnet_cifar10"),
+                       BenchConfig(defenses=("none", "onp"), defense_size=250, test_limit=300,
+                                   defense_configs={"onp": config}))
+    (case,) = result.cases
+    assert case.error is None and case.attack_samples > 0  # the bench did hold triggered test images
+    row = next(r for r in case.rows if r.defense == "onp")
+
+    lm = load_model(TINY.with_suffix(".onnx"))
+    nmap = build_neuron_map(lm)
+    raw, _ = DataSplits().defense_and_test("cifar10", 250, 0)
+    defense = prepare(lm, raw, Spec.load(TINY.with_suffix(".json")).preprocess)
+    ((given, bench_mask),) = seen
+    np.testing.assert_array_equal(given.x, defense.x)
+    np.testing.assert_array_equal(given.y, defense.y)
+    alone, _ = real(lm, nmap, defense, MaskedEvaluator(lm, nmap), config)
+    assert alone.any() and np.array_equal(bench_mask, alone) and row.pruned_groups == int(alone.sum())
