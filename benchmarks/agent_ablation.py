@@ -2,6 +2,10 @@
 all, on the same cases, defense data and test data in one run.
 
     python -m benchmarks.agent_ablation --json benchmarks/results/agent_ablation.json
+    python -m benchmarks.agent_ablation --cases NAME,... --variants graphconv,untrained --draws 3 --test-limit 2000
+
+With ``--draws 3`` every case runs on the three draws of the defense data (seeds 0, 1, 2), as the test split's
+benchmark does, and the summary is over every (case, draw).
 
 Variants (each one `SanitizeConfig` change, everything else at the defaults):
 
@@ -11,8 +15,9 @@ Variants (each one `SanitizeConfig` change, everything else at the defaults):
 - ``untrained``: no training steps: the decision gets only the warm-started policy's ranking and the signal
   masks, so what the other variants gain over it is what learning from onnxruntime's rewards adds.
 
-Per variant and case: test ASR, test CA drop, pruned groups, ONP's seconds, and which candidate each round's
-decision took (``rounds[].chosen_from``); then per variant the means over the cases.
+Per variant, case and draw: ONP's outcome, test ASR, test CA drop, pruned groups, ONP's seconds, and which
+candidate each round's decision took (``rounds[].chosen_from``); then per variant the means and worsts over the
+(case, draw) pairs.
 """
 
 from __future__ import annotations
@@ -42,38 +47,55 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=ATTACKS)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--draws", type=int, default=1, help="defense-data draws per case (seeds 0 ..)")
+    parser.add_argument("--test-limit", type=int, default=None, help="test images per case (default: all)")
     parser.add_argument("--json", help="write every run's rows here")
     args = parser.parse_args(argv)
     cases = discover_cases(args.cases)
     machine = machine_info()
-    runs, lines = {}, []
-    print("| variant | case | test ASR % | test CA drop (points) | DER % | groups | seconds | chosen from, per round |")
-    print("|---|---|---:|---:|---:|---:|---:|---|")
-    for variant in args.variants.split(","):
-        config = BenchConfig(defenses=("none", "onp"), defense_configs={"onp": replace(VARIANTS[variant])})
-        result = run_bench(cases, config)
-        runs[variant] = result_to_json(result, machine, command=f"benchmarks.agent_ablation --variants {variant}")
-        asr, drop, der = [], [], []
-        for case in result.cases:
-            if case.error:
-                print(f"| {variant} | {case.case.name} | error: {case.error} |||||")
-                continue
-            row = next(r for r in case.rows if r.defense == "onp")
-            chosen = ", ".join(str(r.get("chosen_from")) for r in row.info.get("rounds", [])) or "(nothing pruned)"
-            asr.append(100 * row.asr)
-            drop.append(100 * (case.before["ca"] - row.ca))
-            der.append(100 * row.der)
-            print(f"| {variant} | {case.case.name} | {asr[-1]:.2f} | {drop[-1]:.2f} | {der[-1]:.2f} | "
-                  f"{row.pruned_groups} | {row.seconds:.0f} | {chosen} |", flush=True)
-        if args.json:  # after every variant, so a run cut short keeps what it measured
-            atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
-        if asr:
-            lines.append(f"| {variant} | {sum(asr) / len(asr):.2f} | {max(asr):.2f} | {sum(drop) / len(drop):.2f} | "
-                         f"{max(drop):.2f} | {sum(der) / len(der):.2f} |")
-    print("\n| variant | mean ASR % | worst ASR % | mean CA drop | worst CA drop | mean DER % |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print("\n".join(lines))
-
+    variants = args.variants.split(",")
+    runs: dict[str, dict] = {}
+    measured: dict[str, list[tuple]] = {v: [] for v in variants}
+    print("| variant | case | draw | outcome | test ASR % | test CA drop (points) | DER % | groups | seconds | "
+          "chosen from, per round |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+    # Case by case, every variant on it before the next case: a run cut short still compares like with like.
+    for one in cases:
+        for variant in variants:
+            config = BenchConfig(defenses=("none", "onp"), defense_configs={"onp": replace(VARIANTS[variant])},
+                                 draws=args.draws, test_limit=args.test_limit)
+            result = run_bench([one], config)
+            payload = result_to_json(result, machine, command=f"benchmarks.agent_ablation --variants {variant} "
+                                                              f"--draws {args.draws} --test-limit {args.test_limit}")
+            if variant in runs:
+                runs[variant]["cases"] += payload["cases"]
+                runs[variant]["seconds"] += payload["seconds"]
+            else:
+                runs[variant] = payload
+            for case in result.cases:
+                if case.error:
+                    print(f"| {variant} | {case.case.name} | {case.draw} | error: {case.error} |||||||")
+                    continue
+                row = next(r for r in case.rows if r.defense == "onp")
+                chosen = ", ".join(str(r.get("chosen_from")) for r in row.info.get("rounds", [])) or "(nothing pruned)"
+                asr, drop = 100 * row.asr, 100 * (case.before["ca"] - row.ca)
+                measured[variant].append((asr, drop, 100 * row.der, row.status))
+                print(f"| {variant} | {case.case.name} | {case.draw} | {row.status or '–'} | {asr:.2f} | "
+                      f"{drop:.2f} | {100 * row.der:.2f} | {row.pruned_groups} | {row.seconds:.0f} | {chosen} |",
+                      flush=True)
+            if args.json:  # after every case and variant, so a run cut short keeps what it measured
+                atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
+    print("\n| variant | pairs | mean ASR % | worst ASR % | ASR ≤ 10% | mean CA drop | worst CA drop | CA drop ≤ 2 | "
+          "mean DER % | sanitized |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for variant, rows in measured.items():
+        if not rows:
+            continue
+        asr, drop, der, status = zip(*rows)
+        n = len(rows)
+        print(f"| {variant} | {n} | {sum(asr) / n:.2f} | {max(asr):.2f} | {sum(a <= 10 for a in asr)} of {n} | "
+              f"{sum(drop) / n:.2f} | {max(drop):.2f} | {sum(d <= 2 for d in drop)} of {n} | {sum(der) / n:.2f} | "
+              f"{sum(s == 'sanitized' for s in status)} of {n} |")
 
 if __name__ == "__main__":
     main()
