@@ -51,6 +51,10 @@ class VerifyConfig:
     # a sanitized mask left at most 0.45 of it, the three that kept their backdoor 0.7-0.9.
     residual_ratio: float = 0.5
     residual_min_asr: float = 0.5
+    # Maximum margin's re-check finds the backdoor while the target keeps at least this share of its lead over
+    # the runner-up class's margin. Dev and real models (experiments/margin_residual.py): removed backdoors kept
+    # at most 0.014 of it (most fell below the runner-up), kept ones 0.29 (42% real ASR) and 0.82 (80%).
+    max_margin_lead_left: float = 0.15
     # The budget holds when the one-sided upper bound, at this confidence, on the check set's accuracy drop is
     # within max_ca_drop.
     ca_confidence: float = 0.8
@@ -186,13 +190,14 @@ def _detector_again(ctx, detection, detector, mask: np.ndarray) -> dict:
     The perturbation and maximum-margin detectors' answers decide. A re-synthesized trigger is found in pruned
     development models whose real trigger no longer works (a class made easy to reach is not a backdoor), so
     trigger re-synthesis is recorded as evidence for a reader, not used as the outcome. Maximum margin decides
-    with the stricter rule of gone: the target's re-maximized margin must no longer exceed every other class's
-    (an outlier index just under the detection cut-off is not a backdoor removed)."""
+    with a stricter rule of gone than of found: the target must have lost most of its lead over the runner-up
+    class (an outlier index just under the detection cut-off is not a backdoor removed)."""
     keep = torch.from_numpy((~mask).astype(np.float32))
     again = detector.recheck(replace(ctx, train=ctx.check), detection, keep, CHECK_ROUND)
-    found = bool(again.found or again.record.get("still_largest", False))
+    lead_left = again.record.get("lead_left")
+    found = bool(again.found or (lead_left is not None and lead_left >= ctx.config.verify.max_margin_lead_left))
     return {"source": f"{detection.detector}, again on check images",
-            "decisive": detection.probe_kind == "perturbation" or "still_largest" in again.record,
+            "decisive": detection.probe_kind == "perturbation" or "lead_left" in again.record,
             "found": found, **again.record}
 
 
