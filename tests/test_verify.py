@@ -136,14 +136,16 @@ def test_the_audit_data_never_changes_the_mask():
     assert np.array_equal(plain.mask, audited.mask) and audited.report["audit"]["looked"] == int(plain.mask.sum())
 
 
-def _final_check_with(monkeypatch, probes: dict) -> dict:
-    """verify.final_check with the probe result given and the clean-accuracy bound within budget."""
+def _final_check_with(monkeypatch, probes: dict, lead: dict | None = None) -> dict:
+    """verify.final_check with the probe result (and the max-margin lead check's) given and the clean-accuracy
+    bound within budget."""
     from types import SimpleNamespace
 
     import onnx_onp.verify as verify
     from onnx_onp.config import SanitizeConfig
 
     monkeypatch.setattr(verify, "_probes_again", lambda *a: {"source": "probes", "decisive": True, **probes})
+    monkeypatch.setattr(verify, "_margin_lead_again", lambda *a: lead)
     monkeypatch.setattr(verify, "check_accuracy", lambda *a, **k: {"drop": 0.0, "upper_bound": 0.01, "budget": 0.02,
                                                                      "within_budget": True})
     quiet = SimpleNamespace(stage=lambda *a, **k: None, note=lambda *a, **k: None)
@@ -164,6 +166,19 @@ def test_a_check_too_weak_to_see_the_backdoor_cannot_clear_it(monkeypatch):
     still = _final_check_with(monkeypatch, {"found": True, "conclusive": True, "asr_before": 0.99,
                                             "asr_after": 0.9})
     assert still["backdoor_remains"] and not still["cannot_show_gone"]
+
+
+def test_a_run_about_to_be_sanitized_is_checked_by_maximum_margin_too(monkeypatch):
+    """Probes cut (verazuo_badnet_mnist: 99% -> 32%) while the real trigger kept 42%: the target's margin kept
+    0.29 of its lead, and that alone makes the outcome backdoor remains."""
+    cut = {"found": False, "conclusive": True, "asr_before": 0.99, "asr_after": 0.32}
+    kept = _final_check_with(monkeypatch, cut, {"source": "max margin", "decisive": True, "found": True,
+                                                "conclusive": True, "lead_left": 0.29})
+    assert kept["backdoor_remains"] and kept["residual_evidence"][-1]["lead_left"] == 0.29
+    lost = _final_check_with(monkeypatch, cut, {"source": "max margin", "decisive": True, "found": False,
+                                                "conclusive": True, "lead_left": 0.01})
+    assert not lost["backdoor_remains"] and len(lost["residual_evidence"]) == 2
+    assert not _final_check_with(monkeypatch, cut, None)["backdoor_remains"]  # max-margin scan switched off
 
 
 def test_max_margin_decides_the_final_check_until_the_target_has_lost_its_lead():
@@ -237,3 +252,26 @@ def test_onp_inside_the_bench_sees_only_the_defense_data_and_prunes_what_sanitiz
     np.testing.assert_array_equal(given.y, defense.y)
     alone, _ = real(lm, nmap, defense, MaskedEvaluator(lm, nmap), config)
     assert alone.any() and np.array_equal(bench_mask, alone) and row.pruned_groups == int(alone.sum())
+
+
+def test_the_max_margin_check_runs_on_a_real_model_before_sanitized(monkeypatch):
+    """A real run whose accuracy bound passes (a loose budget) and whose probes are reported cut: the real
+    max-margin check on the target runs and its record is in the report, whatever it concludes."""
+    import onnx_onp.sanitize as pipeline
+    import onnx_onp.verify as verify
+
+    monkeypatch.setattr(verify, "_probes_again", lambda *a: {"source": "probes", "decisive": True, "found": False,
+                                                            "conclusive": True, "asr_before": 1.0, "asr_after": 0.0})
+    from onnx_onp.config import override
+    from onnx_onp.signals.max_margin import MaxMarginConfig
+
+    spec = Spec.load(TINY.with_suffix(".json"))
+    data = load_dataset(need(DATA / "cifar10_train.npz"), limit=300, seed=0)
+    config = override(_small_config(), {"decide.max_ca_drop": 0.5,
+                                        "detect.max_margin": MaxMarginConfig(starts=2, steps=20)})
+    report = pipeline.sanitize(TINY.with_suffix(".onnx"), data, spec.preprocess, config=config).report
+    check = report["final_check"]
+    assert check["clean_accuracy"]["within_budget"] and not check["residual_evidence"][0]["found"]
+    (lead,) = [item for item in check["residual_evidence"] if item["source"].startswith("max margin on the target")]
+    assert lead["target_margin_before"] > 0 and lead["decisive"] == lead["conclusive"]
+    assert report["status"] == (STATUS_REMAINS if lead["found"] else "sanitized")

@@ -291,7 +291,7 @@ def _outcome_text(report: dict) -> str:
 
 def _final_check_section(check: dict) -> str:
     ca = check["clean_accuracy"]
-    rows = [(_e(item["source"]), _e(("found" if item["found"] else "too weak to decide: counts as remaining"
+    rows = [(_e(item["source"]), _e(("found" if item["found"] else "too weak to decide"
                                      if not item.get("conclusive", True) else "not found")
                                     + ("" if item["decisive"] else " (recorded, does not decide)")
                                     + (f"; ASR {_pct(item['asr_before'])} → {_pct(item['asr_after'])}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..detect import synthesis_result
+from ..signals.max_margin import max_margins
 from ..probes import probe_env, probe_items
 from ..report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_REMAINS, STATUS_SANITIZED,
                               STATUS_UNSANITIZABLE)
@@ -149,15 +150,23 @@ def final_check(ctx, detection, detector, search, built, mask: np.ndarray) -> di
     """Residual backdoor evidence and the clean-accuracy bound, on check images nothing before has seen."""
     config = ctx.config.verify
     ctx.progress.stage("final check on defense images the search never saw")
-    residual = [_probes_again(ctx, detection, built, mask)]
+    probes = _probes_again(ctx, detection, built, mask)
+    residual = [probes]
     if detector is not None:
         residual.append(_detector_again(ctx, detection, detector, mask))
     ca = check_accuracy(ctx.evaluator, ctx.check, mask, budget=ctx.config.max_ca_drop,
                         confidence=config.ca_confidence)
     found = any(item["found"] and item["decisive"] for item in residual)
-    # A check that cannot see the backdoor cannot clear it: with no decisive source able to (a probe that did not
-    # work on the unpruned model either), "not found" would be absence of evidence, and the gate must not ship.
-    blind = not any(item["decisive"] and item.get("conclusive", True) for item in residual)
+    # A check that cannot see the backdoor cannot clear it: when the detected trigger's probes did not work on the
+    # unpruned model either, "not found" would be absence of evidence (the detector's own re-check, fooled as
+    # often as the probes, does not make up for it), and the gate must not ship.
+    blind = not probes["conclusive"]
+    if not (found or blind) and ca["within_budget"] and "lead_left" not in (residual[-1] if detector else {}):
+        # About to say sanitized: maximum margin, which assumes no trigger shape, looks at the target too.
+        lead = _margin_lead_again(ctx, detection, mask)
+        if lead is not None:
+            residual.append(lead)
+            found = found or lead["found"]
     remains = found or blind
     ctx.progress.note(f"final check on {len(ctx.check)} images: backdoor "
                       f"{'still works' if found else 'cannot be shown gone' if blind else 'not found'}; "
@@ -199,6 +208,35 @@ def _detector_again(ctx, detection, detector, mask: np.ndarray) -> dict:
     return {"source": f"{detection.detector}, again on check images",
             "decisive": detection.probe_kind == "perturbation" or "lead_left" in again.record,
             "found": found, **again.record}
+
+
+def _margin_lead_again(ctx, detection, mask: np.ndarray) -> dict | None:
+    """Maximum margin on the target, for a run another detector decided: every class's margin in the unpruned
+    model (the max-margin detector's, when it ran), the target's in the pruned one on check images. Found while
+    the target keeps ``max_margin_lead_left`` of its lead over the runner-up; no verdict (recorded as not
+    conclusive) when the target did not lead to begin with. None when the max-margin scan is switched off."""
+    detect = ctx.config.detect
+    if not detect.max_margin_scan:
+        return None
+    config = replace(detect.max_margin, seed=ctx.seed)
+    earlier = ctx.detections.get("max margin")
+    margins = earlier.result.margins if earlier is not None else \
+        max_margins(ctx.mirror, ctx.train.x, ctx.num_classes, ctx.layout, config)
+    keep = torch.from_numpy((~mask).astype(np.float32))
+    after = float(max_margins(ctx.mirror, ctx.check.x, ctx.num_classes, ctx.layout,
+                              replace(config, seed=ctx.seed + CHECK_ROUND), classes=[detection.target],
+                              keep=keep)[0])
+    before = float(margins[detection.target])
+    runner_up = float(max(m for c, m in enumerate(margins) if c != detection.target))
+    conclusive = before > runner_up
+    lead_left = (after - runner_up) / (before - runner_up) if conclusive else None
+    return {"source": "max margin on the target, on check images", "decisive": conclusive,
+            "found": bool(conclusive and lead_left >= ctx.config.verify.max_margin_lead_left),
+            "conclusive": conclusive, "target_margin_before": round(before, 2),
+            "target_margin_after": round(after, 2), "runner_up_margin": round(runner_up, 2),
+            "lead_left": None if lead_left is None else round(lead_left, 3),
+            "rule": f"found when the target keeps at least {ctx.config.verify.max_margin_lead_left} of its lead "
+                    f"over the runner-up class's margin"}
 
 
 def check_accuracy(evaluator, check, mask: np.ndarray, *, budget: float, confidence: float) -> dict:
