@@ -123,9 +123,15 @@ def test_an_interrupt_swallowed_inside_a_finaliser_still_stops_the_run(case, mon
         return result
 
     monkeypatch.setattr(pipeline, "run_detectors", detect_then_lose_the_signal)
-    result = CliRunner().invoke(main, ["sanitize", str(model), "--data", str(data), "--budget", "1", "--rounds",
-                                       "1", "--force", "--fail-on", "never", "-o", str(out / "clean.onnx"),
-                                       "--report", str(out / "r.json")])
+    # A shell that starts the tests in the background ignores SIGINT (the CLI then keeps it ignored, on purpose):
+    # this test is about a Ctrl-C that arrives, so it runs with Python's default handler.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        result = CliRunner().invoke(main, ["sanitize", str(model), "--data", str(data), "--budget", "1", "--rounds",
+                                           "1", "--force", "--fail-on", "never", "-o", str(out / "clean.onnx"),
+                                           "--report", str(out / "r.json")])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert result.exit_code == EXIT_INTERRUPTED, result.output
     assert result.output.strip().startswith("error: interrupted") and result.output.count("\n") == 1
     assert "Exception ignored" not in capfd.readouterr().err
