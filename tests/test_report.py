@@ -40,7 +40,7 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     result, paths = tiny_sanitized
     report = json.loads(paths["json"].read_text())
     validate_report(report)
-    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.16"}
+    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.17"}
     assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
     assert report["resume"]["runs_resumed"] > 0 and report["resume"]["levels"] > 0  # on by default on the CPU
     assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0

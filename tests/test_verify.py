@@ -136,7 +136,8 @@ def test_the_audit_data_never_changes_the_mask():
     assert np.array_equal(plain.mask, audited.mask) and audited.report["audit"]["looked"] == int(plain.mask.sum())
 
 
-def _final_check_with(monkeypatch, probes: dict, lead: dict | None = None) -> dict:
+def _final_check_with(monkeypatch, probes: dict, lead: dict | None = None, *, detector=None,
+                      detection=None) -> dict:
     """verify.final_check with the probe result (and the max-margin lead check's) given and the clean-accuracy
     bound within budget."""
     from types import SimpleNamespace
@@ -151,21 +152,7 @@ def _final_check_with(monkeypatch, probes: dict, lead: dict | None = None) -> di
     quiet = SimpleNamespace(stage=lambda *a, **k: None, note=lambda *a, **k: None)
     ctx = SimpleNamespace(config=SanitizeConfig(), progress=quiet, check=[0] * 100, evaluator=None,
                           timer=SimpleNamespace(lap=lambda *a: None))
-    return verify.final_check(ctx, None, None, None, None, np.zeros(4, bool))
-
-
-def test_a_check_too_weak_to_see_the_backdoor_cannot_clear_it(monkeypatch):
-    """Probes that barely worked on the unpruned model cannot show the backdoor gone: 'not found' there would be
-    absence of evidence, so the outcome is backdoor remains, never sanitized."""
-    weak = _final_check_with(monkeypatch, {"found": False, "conclusive": False, "asr_before": 0.49,
-                                           "asr_after": 0.37})
-    assert weak["backdoor_remains"] and weak["cannot_show_gone"]
-    cut = _final_check_with(monkeypatch, {"found": False, "conclusive": True, "asr_before": 0.99,
-                                          "asr_after": 0.05})
-    assert not cut["backdoor_remains"] and not cut["cannot_show_gone"]
-    still = _final_check_with(monkeypatch, {"found": True, "conclusive": True, "asr_before": 0.99,
-                                            "asr_after": 0.9})
-    assert still["backdoor_remains"] and not still["cannot_show_gone"]
+    return verify.final_check(ctx, detection, detector, None, None, np.zeros(4, bool))
 
 
 def test_a_run_about_to_be_sanitized_is_checked_by_maximum_margin_too(monkeypatch):
@@ -179,39 +166,49 @@ def test_a_run_about_to_be_sanitized_is_checked_by_maximum_margin_too(monkeypatc
                                                 "conclusive": True, "lead_left": 0.01})
     assert not lost["backdoor_remains"] and len(lost["residual_evidence"]) == 2
     assert not _final_check_with(monkeypatch, cut, None)["backdoor_remains"]  # max-margin scan switched off
+    still = _final_check_with(monkeypatch, {"found": True, "conclusive": True, "asr_before": 0.99,
+                                            "asr_after": 0.9}, {"source": "max margin", "found": False})
+    assert still["backdoor_remains"] and len(still["residual_evidence"]) == 1  # found already: no scan needed
 
 
-def test_max_margin_decides_the_final_check_until_the_target_has_lost_its_lead():
-    """Maximum margin's re-check decides: the target must lose most of its lead over the runner-up class, not
-    just fall under the outlier cut-off (verazuo_badnet_mnist kept 0.29 of its lead and 42% real ASR)."""
-    import dataclasses
+def test_weak_probes_do_not_decide_and_the_max_margin_check_still_asks(monkeypatch):
+    """Probes that barely worked on the unpruned model say nothing (found needs >= 50% before); the outcome is
+    then the other evidence's, here the max-margin lead check's. There is no separate rule for weak probes."""
+    weak = {"found": False, "conclusive": False, "asr_before": 0.49, "asr_after": 0.37}
+    kept = _final_check_with(monkeypatch, weak, {"source": "max margin", "decisive": True, "found": True,
+                                                 "conclusive": True, "lead_left": 0.5})
+    assert kept["backdoor_remains"] and "cannot_show_gone" not in kept
+    lost = _final_check_with(monkeypatch, weak, {"source": "max margin", "decisive": True, "found": False,
+                                                 "conclusive": True, "lead_left": 0.0})
+    assert not lost["backdoor_remains"]
+
+
+def test_a_max_margin_decided_run_is_asked_by_the_same_lead_check_as_every_other(monkeypatch):
+    """Maximum margin's own re-check is recorded but does not decide (its detection rule, an outlier index, is not
+    a rule of gone); a run it decided goes through the same max-margin lead check as any other before sanitized."""
     from types import SimpleNamespace
 
-    from onnx_onp.config import SanitizeConfig
     from onnx_onp.detect import Recheck
     from onnx_onp.verify import _detector_again
 
-    @dataclasses.dataclass
-    class Ctx:
-        check: str = "check images"
-        train: str = "training images"
-        config: object = dataclasses.field(default_factory=SanitizeConfig)
-
-    def run(found, lead_left):
-        detector = SimpleNamespace(recheck=lambda ctx, *a: Recheck(found, None, {"lead_left": lead_left,
-                                                                                 "seen": ctx.train}))
-        detection = SimpleNamespace(detector="max margin", probe_kind="trigger")
-        return _detector_again(Ctx(), detection, detector, np.zeros(3, bool))
-
-    cut_off = SanitizeConfig().verify.max_margin_lead_left
-    kept = run(False, 0.29)
-    assert kept["decisive"] and kept["found"] and kept["seen"] == "check images"
-    assert run(False, cut_off)["found"] and not run(False, cut_off - 0.01)["found"]
-    assert not run(False, 0.014)["found"] and not run(False, -3.0)["found"]
-    assert run(True, -1.0)["found"]  # still an outlier by the detection rule
+    detection = SimpleNamespace(detector="max margin", probe_kind="trigger")
+    recheck = SimpleNamespace(recheck=lambda ctx, *a: Recheck(True, None, {"remaximized_anomaly_index": 5.0}))
+    cut = {"found": False, "conclusive": True, "asr_before": 0.99, "asr_after": 0.05}
+    monkeypatch.setattr("onnx_onp.verify.replace", lambda ctx, **k: ctx)
+    kept = _final_check_with(monkeypatch, cut, {"source": "max margin", "decisive": True, "found": True,
+                                                "conclusive": True, "lead_left": 0.2},
+                             detector=recheck, detection=detection)
+    assert kept["backdoor_remains"] and [item["source"] for item in kept["residual_evidence"]] == [
+        "probes", "max margin, again on check images", "max margin"]
+    assert kept["residual_evidence"][1]["found"] and not kept["residual_evidence"][1]["decisive"]
+    lost = _final_check_with(monkeypatch, cut, {"source": "max margin", "decisive": True, "found": False,
+                                                "conclusive": True, "lead_left": 0.01},
+                             detector=recheck, detection=detection)
+    assert not lost["backdoor_remains"]
+    perturbation = SimpleNamespace(detector="neuron perturbation", probe_kind="perturbation")
+    assert _detector_again(SimpleNamespace(check=None), perturbation, recheck, np.zeros(3, bool))["decisive"]
     synthesis = SimpleNamespace(detector="trigger synthesis", probe_kind="trigger")
-    resynthesized = _detector_again(Ctx(), synthesis, SimpleNamespace(
-        recheck=lambda *a: Recheck(True, None, {"mask_l1": 3.0})), np.zeros(3, bool))
+    resynthesized = _detector_again(SimpleNamespace(check=None), synthesis, recheck, np.zeros(3, bool))
     assert resynthesized["found"] and not resynthesized["decisive"]  # recorded, does not decide
 
 

@@ -247,15 +247,9 @@ class MaxMargin(Detector):
                             classes=[detection.target], keep=keep)[0]
         others = [m for c, m in enumerate(detection.result.margins) if c != detection.target]
         index = float(robust_z_above(np.array(others + [again]))[-1])
-        # The final check asks a stricter question (verify._detector_again): how much of the target's lead over
-        # every other class is left? Falling just under the outlier cut-off is not being gone.
-        before, runner_up = float(detection.result.margins[detection.target]), float(max(others))
-        lead_left = (float(again) - runner_up) / (before - runner_up) if before > runner_up else None
         return Recheck(bool(index >= detection.threshold), synthesized.probe,
                        {**synthesized.record, "remaximized_margin": round(float(again), 2),
-                        "remaximized_anomaly_index": round(index, 3),
-                        "others_largest_margin": round(runner_up, 2),
-                        "lead_left": None if lead_left is None else round(lead_left, 3)})
+                        "remaximized_anomaly_index": round(index, 3)})
 
 
 DETECTORS: list[Detector] = [TriggerSynthesis(), NeuronPerturbation(), NeuronAmplification(), MaxMargin()]

@@ -275,10 +275,6 @@ def _outcome_text(report: dict) -> str:
         return (f"onnx-onp removed the {neurons} neurons that carry it while keeping clean accuracy within the budget "
                 f"of {budget:.1f} points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images "
                 f"keep their answer.{checked}")
-    if status == STATUS_REMAINS and check and check.get("cannot_show_gone"):
-        return (f"onnx-onp pruned {neurons} neurons, but the final check cannot show the backdoor gone: the detected "
-                f"trigger's probes barely worked on the unpruned model either (see the final check below). Treat "
-                f"the backdoor as remaining: the model should not ship.")
     if status == STATUS_REMAINS:
         return (f"onnx-onp pruned {neurons} neurons, but on defense images the search never saw the detected trigger "
                 f"still works (see the final check below): the backdoor remains and the model should not ship.")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.16"  # 1.14: max_margin (the fourth detector); 1.15: unconfirmed_suspicion;
-# 1.16: final_check.cannot_show_gone, residual_evidence[].conclusive
+SCHEMA_VERSION = "1.17"  # 1.14: max_margin (the fourth detector); 1.15: unconfirmed_suspicion;
+# 1.16: final_check.cannot_show_gone, residual_evidence[].conclusive; 1.17: cannot_show_gone no longer written (its
+# rule was prompted by test-split records and was undone; it was optional, so 1.x readers already handle it absent)
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -65,16 +66,14 @@ REPORT_SCHEMA = {
             "required": ["images", "backdoor_remains", "residual_evidence", "clean_accuracy"],
             "properties": {
                 "images": {"type": "integer", "minimum": 0},
-                "backdoor_remains": {"type": "boolean", "description": "found by a decisive source, or "
-                                     "cannot_show_gone"},
-                "cannot_show_gone": {"type": "boolean", "description": "no decisive source could see the backdoor "
-                                     "even in the unpruned model, so the check cannot clear it"},
+                "backdoor_remains": {"type": "boolean", "description": "found by a decisive source"},
                 "residual_evidence": {"type": "array", "items": {
                     "type": "object", "required": ["source", "decisive", "found"],
                     "properties": {"source": {"type": "string"}, "decisive": {"type": "boolean"},
                                    "found": {"type": "boolean"},
                                    "conclusive": {"type": "boolean", "description": "false: too weak on the "
-                                                  "unpruned model to show anything (absent: true)"}}}},
+                                                  "unpruned model to show anything, so its 'not found' says "
+                                                  "nothing (absent: true)"}}}},
                 "clean_accuracy": {
                     "type": "object",
                     "required": ["images", "before", "after", "drop", "upper_bound", "confidence", "budget",

@@ -9,9 +9,9 @@ decision nor the prune-back ever saw (``VerifyConfig.check_share`` of them, cut 
 
 - Residual evidence: the search's first probes (the detected trigger, refined) stamped on check images, and the
   deciding detector looking again on them. A probe whose success pruning does not at least halve means the
-  backdoor still works: the outcome is ``backdoor remains`` (exit 11), never ``sanitized``. So does a check that
-  cannot see the backdoor at all (the probes reach under ``residual_min_asr`` on the unpruned model): it cannot
-  show the backdoor gone.
+  backdoor still works: the outcome is ``backdoor remains`` (exit 11), never ``sanitized``. A run that would still
+  be sanitized is also asked by maximum margin, which assumes no trigger shape: a target that keeps
+  ``max_margin_lead_left`` of its lead over the runner-up class means the backdoor remains.
 - The clean-accuracy budget: a one-sided upper confidence bound on the paired accuracy drop over the check images
   (each image counts +1 when pruning breaks it, -1 when it fixes it) must be within ``--max-ca-drop``; a raw count
   on the data that chose the mask is optimistic by construction.
@@ -157,24 +157,18 @@ def final_check(ctx, detection, detector, search, built, mask: np.ndarray) -> di
     ca = check_accuracy(ctx.evaluator, ctx.check, mask, budget=ctx.config.max_ca_drop,
                         confidence=config.ca_confidence)
     found = any(item["found"] and item["decisive"] for item in residual)
-    # A check that cannot see the backdoor cannot clear it: when the detected trigger's probes did not work on the
-    # unpruned model either, "not found" would be absence of evidence (the detector's own re-check, fooled as
-    # often as the probes, does not make up for it), and the gate must not ship.
-    blind = not probes["conclusive"]
-    if not (found or blind) and ca["within_budget"] and "lead_left" not in (residual[-1] if detector else {}):
+    if not found and ca["within_budget"]:
         # About to say sanitized: maximum margin, which assumes no trigger shape, looks at the target too.
         lead = _margin_lead_again(ctx, detection, mask)
         if lead is not None:
             residual.append(lead)
-            found = found or lead["found"]
-    remains = found or blind
-    ctx.progress.note(f"final check on {len(ctx.check)} images: backdoor "
-                      f"{'still works' if found else 'cannot be shown gone' if blind else 'not found'}; "
+            found = lead["found"]
+    ctx.progress.note(f"final check on {len(ctx.check)} images: backdoor {'still works' if found else 'not found'}; "
                       f"clean-accuracy drop {100 * ca['drop']:.1f} points "
                       f"(upper bound {100 * ca['upper_bound']:.1f}, budget {100 * ca['budget']:.1f})")
     ctx.timer.lap("final_check")
-    return {"images": len(ctx.check), "backdoor_remains": remains, "cannot_show_gone": blind and not found,
-            "residual_evidence": residual, "clean_accuracy": ca}
+    return {"images": len(ctx.check), "backdoor_remains": found, "residual_evidence": residual,
+            "clean_accuracy": ca}
 
 
 def _probes_again(ctx, detection, built, mask: np.ndarray) -> dict:
@@ -189,29 +183,24 @@ def _probes_again(ctx, detection, built, mask: np.ndarray) -> dict:
     return {"source": "the detected trigger's probes on check images", "decisive": True, "found": found,
             "conclusive": conclusive, "asr_before": round(float(before), 4), "asr_after": round(float(after), 4),
             "rule": f"found when ASR before >= {config.verify.residual_min_asr} and after >= "
-                    f"{config.verify.residual_ratio} x before; below {config.verify.residual_min_asr} before, the "
-                    f"probes cannot show the backdoor gone"}
+                    f"{config.verify.residual_ratio} x before"}
 
 
 def _detector_again(ctx, detection, detector, mask: np.ndarray) -> dict:
     """The deciding detector searches the pruned model for the backdoor again, fitted on the check images only.
 
-    The perturbation and maximum-margin detectors' answers decide. A re-synthesized trigger is found in pruned
-    development models whose real trigger no longer works (a class made easy to reach is not a backdoor), so
-    trigger re-synthesis is recorded as evidence for a reader, not used as the outcome. Maximum margin decides
-    with a stricter rule of gone than of found: the target must have lost most of its lead over the runner-up
-    class (an outlier index just under the detection cut-off is not a backdoor removed)."""
+    Only the perturbation detector's answer decides: a re-synthesized trigger is found in pruned development
+    models whose real trigger no longer works (a class made easy to reach is not a backdoor), so trigger
+    re-synthesis is recorded as evidence for a reader, not used as the outcome. Maximum margin's own re-check is
+    recorded too; its target is then asked by ``_margin_lead_again`` like every other run's."""
     keep = torch.from_numpy((~mask).astype(np.float32))
     again = detector.recheck(replace(ctx, train=ctx.check), detection, keep, CHECK_ROUND)
-    lead_left = again.record.get("lead_left")
-    found = bool(again.found or (lead_left is not None and lead_left >= ctx.config.verify.max_margin_lead_left))
-    return {"source": f"{detection.detector}, again on check images",
-            "decisive": detection.probe_kind == "perturbation" or "lead_left" in again.record,
-            "found": found, **again.record}
+    return {"source": f"{detection.detector}, again on check images", "decisive": detection.probe_kind ==
+            "perturbation", "found": bool(again.found), **again.record}
 
 
 def _margin_lead_again(ctx, detection, mask: np.ndarray) -> dict | None:
-    """Maximum margin on the target, for a run another detector decided: every class's margin in the unpruned
+    """Maximum margin on the target, for any run about to be sanitized: every class's margin in the unpruned
     model (the max-margin detector's, when it ran), the target's in the pruned one on check images. Found while
     the target keeps ``max_margin_lead_left`` of its lead over the runner-up; no verdict (recorded as not
     conclusive) when the target did not lead to begin with. None when the max-margin scan is switched off."""
