@@ -3,6 +3,7 @@ all, on the same cases, defense data and test data in one run.
 
     python -m benchmarks.agent_ablation --json benchmarks/results/agent_ablation.json
     python -m benchmarks.agent_ablation --cases NAME,... --variants graphconv,untrained --draws 3 --test-limit 2000
+    python -m benchmarks.agent_ablation --summarize benchmarks/results/agent_ablation_test.json [MORE.json ...]
 
 With ``--draws 3`` every case runs on the three draws of the defense data (seeds 0, 1, 2), as the test split's
 benchmark does, and the summary is over every (case, draw).
@@ -17,7 +18,8 @@ Variants (each one `SanitizeConfig` change, everything else at the defaults):
 
 Per variant, case and draw: ONP's outcome, test ASR, test CA drop, pruned groups, ONP's seconds, and which
 candidate each round's decision took (``rounds[].chosen_from``); then per variant the means and worsts over the
-(case, draw) pairs.
+(case, draw) pairs. ``--summarize`` prints the same tables from saved ``--json`` files (several files: their
+rows together), so every number in a note or the README comes from a command.
 """
 
 from __future__ import annotations
@@ -43,6 +45,57 @@ VARIANTS = {
 }
 
 
+HEADER = ("| variant | case | draw | outcome | test ASR % | test CA drop (points) | DER % | groups | seconds | "
+          "chosen from, per round |\n|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+
+
+def onp_rows(variant: str, payload: dict) -> list[dict]:
+    """ONP's row per (case, draw) of one variant's saved bench payload, with the case's before-pruning CA."""
+    rows = []
+    for case in payload["cases"]:
+        if case.get("error"):
+            rows.append({"variant": variant, "case": case["name"], "draw": case["draw"], "error": case["error"]})
+            continue
+        row = next(r for r in case["rows"] if r["defense"] == "onp")
+        rows.append({"variant": variant, "case": case["name"], "draw": case["draw"], "status": row["status"],
+                     "asr": 100 * row["asr"], "drop": 100 * (case["before"]["ca"] - row["ca"]),
+                     "der": 100 * row["der"], "groups": row["pruned_groups"], "seconds": row["seconds"],
+                     "chosen": ", ".join(str(r.get("chosen_from")) for r in row["info"].get("rounds", []))
+                     or "(nothing pruned)"})
+    return rows
+
+
+def row_line(row: dict) -> str:
+    if "error" in row:
+        return f"| {row['variant']} | {row['case']} | {row['draw']} | error: {row['error']} |||||||"
+    return (f"| {row['variant']} | {row['case']} | {row['draw']} | {row['status'] or '–'} | {row['asr']:.2f} | "
+            f"{row['drop']:.2f} | {row['der']:.2f} | {row['groups']} | {row['seconds']:.0f} | {row['chosen']} |")
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """Per variant, over its (case, draw) pairs: mean and worst ASR and CA drop, mean DER, outcomes."""
+    lines = ["| variant | pairs | mean ASR % | worst ASR % | ASR ≤ 10% | mean CA drop | worst CA drop | CA drop ≤ 2 | "
+             "mean DER % | sanitized |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        done = [r for r in rows if r["variant"] == variant and "error" not in r]
+        if not done:
+            continue
+        asr, drop, der = ([r[k] for r in done] for k in ("asr", "drop", "der"))
+        n = len(done)
+        lines.append(f"| {variant} | {n} | {sum(asr) / n:.2f} | {max(asr):.2f} | {sum(a <= 10 for a in asr)} of {n} | "
+                     f"{sum(drop) / n:.2f} | {max(drop):.2f} | {sum(d <= 2 for d in drop)} of {n} | "
+                     f"{sum(der) / n:.2f} | {sum(r['status'] == 'sanitized' for r in done)} of {n} |")
+    return lines
+
+
+def summarize(paths: list[str]) -> None:
+    rows = [row for path in paths for variant, payload in json.load(open(path))["runs"].items()
+            for row in onp_rows(variant, payload)]
+    order = list(dict.fromkeys(r["variant"] for r in rows))
+    rows.sort(key=lambda r: (r["case"], order.index(r["variant"]), r["draw"]))
+    print("\n".join([f"(from {', '.join(paths)})", HEADER, *map(row_line, rows), "", *summary_lines(rows)]))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=ATTACKS)
@@ -50,15 +103,16 @@ def main(argv=None):
     parser.add_argument("--draws", type=int, default=1, help="defense-data draws per case (seeds 0 ..)")
     parser.add_argument("--test-limit", type=int, default=None, help="test images per case (default: all)")
     parser.add_argument("--json", help="write every run's rows here")
+    parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the tables from saved --json files")
     args = parser.parse_args(argv)
+    if args.summarize:
+        return summarize(args.summarize)
     cases = discover_cases(args.cases)
     machine = machine_info()
     variants = args.variants.split(",")
     runs: dict[str, dict] = {}
-    measured: dict[str, list[tuple]] = {v: [] for v in variants}
-    print("| variant | case | draw | outcome | test ASR % | test CA drop (points) | DER % | groups | seconds | "
-          "chosen from, per round |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---|")
+    measured: list[dict] = []
+    print(HEADER)
     # Case by case, every variant on it before the next case: a run cut short still compares like with like.
     for one in cases:
         for variant in variants:
@@ -72,30 +126,13 @@ def main(argv=None):
                 runs[variant]["seconds"] += payload["seconds"]
             else:
                 runs[variant] = payload
-            for case in result.cases:
-                if case.error:
-                    print(f"| {variant} | {case.case.name} | {case.draw} | error: {case.error} |||||||")
-                    continue
-                row = next(r for r in case.rows if r.defense == "onp")
-                chosen = ", ".join(str(r.get("chosen_from")) for r in row.info.get("rounds", [])) or "(nothing pruned)"
-                asr, drop = 100 * row.asr, 100 * (case.before["ca"] - row.ca)
-                measured[variant].append((asr, drop, 100 * row.der, row.status))
-                print(f"| {variant} | {case.case.name} | {case.draw} | {row.status or '–'} | {asr:.2f} | "
-                      f"{drop:.2f} | {100 * row.der:.2f} | {row.pruned_groups} | {row.seconds:.0f} | {chosen} |",
-                      flush=True)
+            for row in onp_rows(variant, payload):
+                measured.append(row)
+                print(row_line(row), flush=True)
             if args.json:  # after every case and variant, so a run cut short keeps what it measured
                 atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
-    print("\n| variant | pairs | mean ASR % | worst ASR % | ASR ≤ 10% | mean CA drop | worst CA drop | CA drop ≤ 2 | "
-          "mean DER % | sanitized |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for variant, rows in measured.items():
-        if not rows:
-            continue
-        asr, drop, der, status = zip(*rows)
-        n = len(rows)
-        print(f"| {variant} | {n} | {sum(asr) / n:.2f} | {max(asr):.2f} | {sum(a <= 10 for a in asr)} of {n} | "
-              f"{sum(drop) / n:.2f} | {max(drop):.2f} | {sum(d <= 2 for d in drop)} of {n} | {sum(der) / n:.2f} | "
-              f"{sum(s == 'sanitized' for s in status)} of {n} |")
+    print("\n" + "\n".join(summary_lines(measured)))
+
 
 if __name__ == "__main__":
     main()

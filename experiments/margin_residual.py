@@ -1,6 +1,7 @@
 """After ONP's pruning, is the target's maximum margin a faithful sign that the backdoor is still there?
 
     python -m experiments.margin_residual --cases dev --json experiments/results/margin_residual_dev.jsonl
+    python -m experiments.margin_residual --summarize experiments/results/margin_residual_dev.jsonl
 
 The final check's decisive evidence is the detected trigger's probes; on verazuo_badnet_mnist (draws 0 and 1 of
 the real-model bench) they fell from 99-100% to 32% while the real trigger kept 42-44%, so only the
@@ -15,6 +16,9 @@ ONP runs as in the bench (default configuration, whatever its detector), then on
 - the real trigger's ASR before and after on 2,000 test images (which `sanitize` never sees).
 
 A residual signal is useful if "still the largest" goes with a working trigger and "not" with a removed one.
+``--summarize`` prints, from the saved records, each case's share of the lead kept (recomputed from the margins,
+so older records without ``lead_left`` count too) and the gap between removed (real ASR after < 10%) and kept
+(>= 20%) backdoors that ``VerifyConfig.max_margin_lead_left`` must sit in.
 """
 
 from __future__ import annotations
@@ -35,12 +39,47 @@ from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.signals.max_margin import MaxMarginConfig, max_margins, robust_z_above
 
 
+def lead_left(record: dict) -> float | None:
+    """The share of the target's lead over the runner-up class it keeps after pruning (None: it did not lead)."""
+    before, after, runner_up = record["target_margin_before"], record["target_margin_after"], record["others_largest"]
+    return (after - runner_up) / (before - runner_up) if before > runner_up else None
+
+
+def summarize(path: str) -> None:
+    from onnx_onp.verify import VerifyConfig
+
+    records = [json.loads(line) for line in open(path) if line.strip()]
+    print(f"(from {path}: {len(records)} cases, draw 0)")
+    print("| case | split | outcome | real ASR before → after % | target margin before → after | runner-up | "
+          "lead kept |\n|---|---|---|---|---|---:|---:|")
+    for r in records:
+        kept = lead_left(r)
+        print(f"| {r['case']} | {r['split']} | {r['status'] or '–'} | {100 * r['asr_before']:.1f} → "
+              f"{100 * r['asr_after']:.1f} | {r['target_margin_before']:.1f} → {r['target_margin_after']:.1f} | "
+              f"{r['others_largest']:.1f} | {'no lead' if kept is None else f'{kept:.3f}'} |")
+    led = [(lead_left(r), r["asr_after"]) for r in records if lead_left(r) is not None]
+    removed = [k for k, asr in led if asr < 0.10]
+    kept = [k for k, asr in led if asr >= 0.20]
+    cut = VerifyConfig().max_margin_lead_left
+    print(f"\nremoved backdoors (real ASR after < 10%) that led: {len(removed)}, largest lead kept "
+          f"{max(removed):.3f}" if removed else "\nno removed backdoor led")
+    print(f"kept backdoors (real ASR after >= 20%) that led: {len(kept)}, smallest lead kept {min(kept):.3f}"
+          if kept else "no kept backdoor led")
+    print(f"kept backdoors that did not lead (this check cannot see them): "
+          f"{sum(lead_left(r) is None and r['asr_after'] >= 0.20 for r in records)}")
+    print(f"VerifyConfig.max_margin_lead_left = {cut}: removed above it {sum(k >= cut for k in removed)}, "
+          f"kept below it {sum(k < cut for k in kept)}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="dev")
     parser.add_argument("--test-limit", type=int, default=2000)
     parser.add_argument("--json", help="append one JSON line per case here")
+    parser.add_argument("--summarize", metavar="JSONL", help="print the table and the gap from saved records")
     args = parser.parse_args(argv)
+    if args.summarize:
+        return summarize(args.summarize)
     splits = DataSplits()
     config = MaxMarginConfig(seed=0)
     for case, spec, lm, defense, mirror in probe_inputs(args.cases):
