@@ -93,7 +93,7 @@ def summarize(paths: list[str]) -> None:
             for row in onp_rows(variant, payload)]
     order = list(dict.fromkeys(r["variant"] for r in rows))
     rows.sort(key=lambda r: (r["case"], order.index(r["variant"]), r["draw"]))
-    print("\n".join([f"(from {', '.join(paths)})", HEADER, *map(row_line, rows), "", *summary_lines(rows)]))
+    print("\n".join([f"# python -m benchmarks.agent_ablation --summarize {' '.join(paths)}", HEADER, *map(row_line, rows), "", *summary_lines(rows)]))
 
 
 def main(argv=None):

@@ -315,9 +315,13 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
         ders = {label: mean(d.rows[name][0]["der"] for d in pairs if name in d.rows) for name, label in
                 (("onp", "ONP"), ("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@onp", "random (ONP's count)"))}
         others = [v for k, v in ders.items() if k != "ONP" and v is not None]
+        # The baselines' mean ASR on the same pairs, for comparison (the target is ONP's).
+        asrs = {label: mean(mean(d.rows[name][0]["asr"] for d in ps if name in d.rows) for ps in backdoored.values())
+                for name, label in (("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@onp", "random (ONP's count)"))}
+        compared = ", ".join(f"{k} {_pct(v)}%" for k, v in asrs.items() if v is not None)
         rows += [
-            (f"backdoored ({len(backdoored)} models): mean ONP ASR", "≤ 3%", f"{_pct(mean_asr)}%",
-             met(mean_asr <= 0.03)),
+            (f"backdoored ({len(backdoored)} models): mean ONP ASR" + (f" ({compared})" if compared else ""), "≤ 3%",
+             f"{_pct(mean_asr)}%", met(mean_asr <= 0.03)),
             ("models with mean ONP ASR ≤ 10%", "≥ 90%", f"{low} of {len(model_asr)}",
              met(low >= 0.9 * len(model_asr))),
             ("(model, draw) pairs with ONP CA drop ≤ 2 points", "≥ 95%", f"{within} of {len(pairs)}",

@@ -49,7 +49,7 @@ def summarize(path: str) -> None:
     from onnx_onp.verify import VerifyConfig
 
     records = [json.loads(line) for line in open(path) if line.strip()]
-    print(f"(from {path}: {len(records)} cases, draw 0)")
+    print(f"# python -m experiments.margin_residual --summarize {path}  ({len(records)} cases, draw 0)")
     print("| case | split | outcome | real ASR before → after % | target margin before → after | runner-up | "
           "lead kept |\n|---|---|---|---|---|---:|---:|")
     for r in records:
