@@ -4,6 +4,8 @@
 # The protocol of every test row: three draws of 500 clean training images, 2,000 test images, ONP beside CLP,
 # Fine-Pruning, random pruning and no defense. Models with a result already are skipped (REDO=1 reruns them).
 # The real models of ../shared/real_models the same way: PREFIX=real bash benchmarks/test_split.sh NAME...
+# ONP alone with the current code, beside the earlier baselines' rows (BENCHMARKS keeps the latest row per model
+# and defense): DEFENSES=none,onp PREFIX=test_final bash benchmarks/test_split.sh NAME...
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ONP=${ONP:-onnx-onp}
@@ -13,7 +15,7 @@ for name in "$@"; do
   if [[ -f $out && ${REDO:-0} != 1 ]]; then echo "== $name: done already"; continue; fi
   echo "== $name $(date -u +%H:%M:%S)"
   tmp=$(mktemp --suffix=.json)
-  if $ONP bench --cases "$name" --defenses none,onp,clp,fp,random --defense-size 500 --seed 0 --draws 3 \
+  if $ONP bench --cases "$name" --defenses "${DEFENSES:-none,onp,clp,fp,random}" --defense-size 500 --seed 0 --draws 3 \
        --test-limit 2000 --provider auto --json "$tmp" > "/tmp/bench_$name.md"; then
     mv "$tmp" "$out"
     tail -n 5 "/tmp/bench_$name.md"
