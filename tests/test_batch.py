@@ -17,7 +17,7 @@ from .conftest import FIXTURES, TINY
 
 SAMPLE = FIXTURES / "data" / "cifar10_defense_sample.npz"
 # A short search: the tests compare runs with each other, not the search's quality.
-SHORT = ["--rounds", "2", "--budget", "4", "--fail-on", "never"]
+SHORT = ["--rounds", "2", "--budget", "4", "--limit", "200", "--fail-on", "never"]
 
 
 @pytest.fixture(scope="module")

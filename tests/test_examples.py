@@ -28,26 +28,24 @@ def test_defense_sample_is_the_cli_default_draw():
     assert len(test) == 2000 and test.x.shape[1:] == (32, 32, 3) and set(np.unique(test.y)) == set(range(10))
 
 
-# Only the README's own form (with the fixture's spec): without it the model reads 29% of the images, which the
-# default-preprocessing tests elsewhere cover, and a second sanitize pair would add a minute to the suite.
-@pytest.mark.parametrize("extra", [["--spec", str(TINY.with_suffix(".json"))]], ids=["as-in-readme"])
-def test_readme_first_command_from_a_clone_prunes_what_the_full_set_prunes(tmp_path, extra):
+def test_readme_first_command_from_a_clone_prunes_what_the_full_set_prunes(tmp_path, tiny_sanitized):
     """`onnx-onp sanitize fixtures/models/tiny_badnet_cifar10.onnx --data fixtures/data/cifar10_defense_sample.npz
-    -o c.onnx` works, and prunes the same neurons as with ../shared/data/cifar10_train.npz (with the fixture's
-    own preprocessing too, where it finds the real target 0)."""
-    masks, targets = {}, set()
-    for name, data in (("sample", SAMPLE), ("full", need(DATA / "cifar10_train.npz"))):
-        report = tmp_path / f"{name}.json"
-        result = CliRunner().invoke(main, ["sanitize", str(TINY.with_suffix(".onnx")), "--data", str(data),
-                                           "-o", str(tmp_path / f"{name}.onnx"), "--report", str(report), *extra])
-        content = json.loads(report.read_text())
-        # The gate's honest answer on 500 images may be exit 11 (the final check could not confirm the CA
-        # budget, or found the backdoor): then no model is written. Either way the code and the file agree.
-        sanitized = content["status"] == "sanitized"
-        assert result.exit_code == content["exit_code"] == (0 if sanitized else 11), result.output
-        assert content["defense_data"]["samples"] == DEFAULT_DATA_LIMIT
-        masks[name] = content["pruned"]["per_layer"]
-        targets.add(content["verdict"]["suspected_target"])
-        assert (tmp_path / f"{name}.onnx").is_file() == sanitized
-    assert masks["sample"] == masks["full"] and masks["sample"]  # the same neurons, and some
-    assert len(targets) == 1 and (not extra or targets == {0})  # the spec's preprocessing finds the real target
+    --spec fixtures/models/tiny_badnet_cifar10.json -o c.onnx` works, and prunes the same neurons as the shared
+    run on ../shared/data/cifar10_train.npz (``tiny_sanitized``: the same default draw, since the sample holds
+    exactly its images, plus --test-data, which never changes the mask), finding the real target 0."""
+    report = tmp_path / "sample.json"
+    result = CliRunner().invoke(main, ["sanitize", str(TINY.with_suffix(".onnx")), "--data", str(SAMPLE),
+                                       "--spec", str(TINY.with_suffix(".json")), "-o", str(tmp_path / "c.onnx"),
+                                       "--report", str(report)])
+    content = json.loads(report.read_text())
+    # The gate's honest answer on 500 images may be exit 11 (the final check could not confirm the CA budget, or
+    # found the backdoor): then no model is written. Either way the code and the file agree.
+    sanitized = content["status"] == "sanitized"
+    assert result.exit_code == content["exit_code"] == (0 if sanitized else 11), result.output
+    assert content["defense_data"]["samples"] == DEFAULT_DATA_LIMIT
+    assert (tmp_path / "c.onnx").is_file() == sanitized
+    full = json.loads(tiny_sanitized[1]["json"].read_text())
+    assert full["defense_data"]["samples"] == DEFAULT_DATA_LIMIT
+    assert content["pruned"]["per_layer"] == full["pruned"]["per_layer"] and content["pruned"]["per_layer"]
+    assert content["verdict"]["suspected_target"] == full["verdict"]["suspected_target"] == 0
+    assert content["status"] == full["status"]

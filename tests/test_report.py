@@ -83,7 +83,9 @@ def test_gate_exit_code_for_every_outcome(status, verdict, fail_on, code):
 
 
 def test_audit_flags_the_backdoored_fixture_with_exit_10(tmp_path):
-    """`audit` writes no model, and --fail-on decides whether suspicion fails the job."""
+    """`audit` writes no model, and suspicion fails the job by default (--fail-on suspected; every --fail-on value
+    is checked against every outcome in test_gate_exit_code_for_every_outcome, and the batch tests run `audit
+    --fail-on never` end to end)."""
     args = ["audit", TINY.with_suffix(".onnx"), "--data", need(DATA / "cifar10_train.npz"), "--limit", 300,
             "--spec", TINY.with_suffix(".json"), "--detect-only", "--report", tmp_path / "r.json"]
     result = _run(args)
@@ -92,8 +94,7 @@ def test_audit_flags_the_backdoored_fixture_with_exit_10(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     validate_report(report)
     assert report["command"] == "audit" and report["status"] == STATUS_DETECT_ONLY and report["exit_code"] == 10
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
-    assert _run(args + ["--fail-on", "never"]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"] and report["fail_on"] == "suspected"
 
 
 def test_audit_passes_a_clean_real_model_with_exit_0(tmp_path):
