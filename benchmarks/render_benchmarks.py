@@ -359,8 +359,9 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
             info = row.get("info") or {}
             if "final_check" not in info and "defense_data" not in info:
                 continue  # measured before the final check existed: no outcome to judge
+            check = info.get("final_check")
             rows.append((case, split, seed, info.get("status") or "–", draw.before.get("asr"), row.get("asr"),
-                         _ca_drop(row, draw.before)))
+                         _ca_drop(row, draw.before), None if not check else bool(check.get("backdoor_remains"))))
     if not rows:
         return []
 
@@ -374,6 +375,12 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
         if status.startswith("backdoor remains") and asr < GATE_ASR_LOW:
             return "remains, ASR < 10%"
         return ""
+
+    def near_miss(row) -> bool:
+        """The final check's evidence said the backdoor was gone while test ASR > 20%: only the clean-accuracy
+        bound kept the outcome from `sanitized`."""
+        return row[3].startswith("cannot sanitize") and row[7] is False and row[5] is not None \
+            and row[5] > GATE_ASR_HIGH
 
     lines = ["## The gate as a classifier", "",
              "ONP's outcome on every (model, draw) against the test ASR it left. Errors: `sanitized` while test ASR "
@@ -396,7 +403,9 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
                      + f". `sanitized` with test ASR > 20%: **{shipped}**; `no backdoor evidence` with test ASR > 20% "
                      f"(missed): **{len(missed)}** pairs of {len({r[0] for r in missed})} models; "
                      f"`backdoor remains` with test ASR < 10%: "
-                     f"**{refused}**; `sanitized` with test CA drop within 2 points: **{within} of {len(sanitized)}**.")
+                     f"**{refused}**; `sanitized` with test CA drop within 2 points: **{within} of {len(sanitized)}**; "
+                     f"near misses (`cannot sanitize ...` with test ASR > 20% while the final check's evidence said "
+                     f"gone: only the clean-accuracy bound stopped `sanitized`): **{sum(map(near_miss, part))}**.")
         # clean models (no working backdoor before): any outcome but "no backdoor evidence" is a false alarm
         clean = [r for r in part if r[4] is not None and r[4] < GATE_ASR_LOW]
         if clean:
@@ -408,9 +417,10 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
                          f"{_pct(statistics.fmean(drops)) if drops else '–'} points.")
     lines += ["", "| model | split | seed | ONP outcome | ASR % before | ASR % after | CA drop | error |",
               "|---|---|---:|---|---:|---:|---:|---|"]
-    for case, split, seed, status, before, after, drop in rows:
+    for row in rows:
+        case, split, seed, status, before, after, drop, _ = row
         lines.append(f"| {case} | {split} | {seed} | {status} | {_pct(before)} | {_pct(after)} | {_pct(drop)} | "
-                     f"{wrong(status, after)} |")
+                     f"{wrong(status, after) or ('near miss: only the CA bound' if near_miss(row) else '')} |")
     return lines + [""]
 
 
