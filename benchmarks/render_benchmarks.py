@@ -284,7 +284,19 @@ def per_draw_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
 GATE_ASR_HIGH, GATE_ASR_LOW, CA_BUDGET = 0.20, 0.10, 0.02
 
 
-def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "test") -> list[str]:
+TEST_INFORMED = Path(__file__).resolve().parents[1] / "fixtures" / "test_models" / "test_informed.json"
+
+
+def test_informed_models() -> list[str]:
+    """Test models whose numbers prompted a change that still stands (fixtures/test_models/test_informed.json)."""
+    if not TEST_INFORMED.exists():
+        return []
+    changes = json.loads(TEST_INFORMED.read_text())["changes"]
+    return sorted({m for change in changes if not change.get("undone") for m in change["models"]})
+
+
+def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "test",
+                 title: str | None = None) -> list[str]:
     """Issue 22's targets against what one split measured, each over every (model, draw) ONP ran on. ONP's
     ASR and CA drop are its mask's whatever the gate said (exit 11 writes no model; the gate section counts those).
     Backdoored: ASR before >= 10%; clean: under 10%."""
@@ -338,11 +350,19 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
             (f"clean ({len(clean)} models): flagged on any draw", "≤ 1 in 6", f"{len(flagged)} of {len(clean)}",
              met(len(flagged) * 6 <= len(clean))),
             ("clean: mean ONP CA drop", "≤ 0.5 points", _pct(clean_drop), met(clean_drop <= 0.005 + 1e-9))]
-    lines = [f"### Targets ({split} split)", "",
+    lines = [title or f"### Targets ({split} split)", "",
              "Issue 22's targets against every (model, draw) ONP ran on; ONP's ASR and CA drop are its mask's, "
              "whatever the gate said. Backdoored means ASR before ≥ 10%.", "",
              "| target | wanted | measured | met |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    informed = test_informed_models() if split == "test" and title is None else []
+    if informed:
+        # The same targets without the test models a standing change was made for: what unseen models measure.
+        sub = target_lines({k: v for k, v in table.items() if k[0] not in informed}, split,
+                           title=f"### Targets (test split, without the {len(informed)} test-informed models)")
+        lines += ["", sub[0], "", "Left out ([test_informed.json](fixtures/test_models/test_informed.json): a change "
+                  "to the method was made after seeing their numbers): " + ", ".join(informed) + ". They include the "
+                  "hardest test models, so this table flatters; the one above stays the headline.", "", *sub[4:-1]]
     return lines + [""]
 
 
