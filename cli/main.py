@@ -697,7 +697,9 @@ def _print_outcome(r, output) -> None:
             click.echo(f"  {item['source']}: {'FOUND' if item['found'] else 'not found'}"
                        + ("" if item["decisive"] else " (recorded, does not decide)")
                        + (f", ASR {100 * item['asr_before']:.1f}% -> {100 * item['asr_after']:.1f}%"
-                          if "asr_after" in item else ""))
+                          if "asr_after" in item else "")
+                       + (f", target margin {item['target_margin_before']} -> {item['target_margin_after']} (runner-up "
+                          f"{item['runner_up_margin']})" if "runner_up_margin" in item else ""))
     click.echo(f"pruned {r['pruned']['neurons']} neurons in {r['pruned']['groups']} groups")
     for layer, units in r["pruned"]["per_layer"].items():
         click.echo(f"  {layer}: {', '.join(map(str, units))}")

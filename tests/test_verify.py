@@ -137,9 +137,9 @@ def test_the_audit_data_never_changes_the_mask():
 
 
 def _final_check_with(monkeypatch, probes: dict, lead: dict | None = None, *, detector=None,
-                      detection=None) -> dict:
+                      detection=None, within_budget: bool = True) -> dict:
     """verify.final_check with the probe result (and the max-margin lead check's) given and the clean-accuracy
-    bound within budget."""
+    bound within budget (or not)."""
     from types import SimpleNamespace
 
     import onnx_onp.verify as verify
@@ -148,7 +148,7 @@ def _final_check_with(monkeypatch, probes: dict, lead: dict | None = None, *, de
     monkeypatch.setattr(verify, "_probes_again", lambda *a: {"source": "probes", "decisive": True, **probes})
     monkeypatch.setattr(verify, "_margin_lead_again", lambda *a: lead)
     monkeypatch.setattr(verify, "check_accuracy", lambda *a, **k: {"drop": 0.0, "upper_bound": 0.01, "budget": 0.02,
-                                                                     "within_budget": True})
+                                                                     "within_budget": within_budget})
     quiet = SimpleNamespace(stage=lambda *a, **k: None, note=lambda *a, **k: None)
     ctx = SimpleNamespace(config=SanitizeConfig(), progress=quiet, check=[0] * 100, evaluator=None,
                           timer=SimpleNamespace(lap=lambda *a: None))
@@ -169,6 +169,18 @@ def test_a_run_about_to_be_sanitized_is_checked_by_maximum_margin_too(monkeypatc
     still = _final_check_with(monkeypatch, {"found": True, "conclusive": True, "asr_before": 0.99,
                                             "asr_after": 0.9}, {"source": "max margin", "found": False})
     assert still["backdoor_remains"] and len(still["residual_evidence"]) == 1  # found already: no scan needed
+
+
+def test_the_max_margin_check_also_runs_when_the_accuracy_bound_fails(monkeypatch):
+    """verazuo_badnet_mnist (dev) draws 0-1: probes cut, accuracy bound over budget, real trigger at 42-44%. The
+    outcome must say the backdoor remains, not only that pruning costs too much (both exit 11)."""
+    cut = {"found": False, "conclusive": True, "asr_before": 0.99, "asr_after": 0.32}
+    kept = _final_check_with(monkeypatch, cut, {"source": "max margin", "decisive": True, "found": True,
+                                                "conclusive": True, "lead_left": 0.29}, within_budget=False)
+    assert kept["backdoor_remains"] and kept["residual_evidence"][-1]["lead_left"] == 0.29
+    lost = _final_check_with(monkeypatch, cut, {"source": "max margin", "decisive": True, "found": False,
+                                                "conclusive": True, "lead_left": 0.01}, within_budget=False)
+    assert not lost["backdoor_remains"] and len(lost["residual_evidence"]) == 2
 
 
 def test_weak_probes_do_not_decide_and_the_max_margin_check_still_asks(monkeypatch):

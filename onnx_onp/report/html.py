@@ -276,8 +276,8 @@ def _outcome_text(report: dict) -> str:
                 f"of {budget:.1f} points; {_pct(report['prediction_agreement_holdout'])} of held-out clean images "
                 f"keep their answer.{checked}")
     if status == STATUS_REMAINS:
-        return (f"onnx-onp pruned {neurons} neurons, but on defense images the search never saw the detected trigger "
-                f"still works (see the final check below): the backdoor remains and the model should not ship.")
+        return (f"onnx-onp pruned {neurons} neurons, but on defense images the search never saw the final check still "
+                f"finds the backdoor (see below): it remains and the model should not ship.")
     if neurons and check:
         return (f"The {neurons} neurons that carry it cannot be pruned within the clean-accuracy budget of "
                 f"{budget:.1f} points on images the search never saw (upper bound "
@@ -291,7 +291,10 @@ def _final_check_section(check: dict) -> str:
                                      if not item.get("conclusive", True) else "not found")
                                     + ("" if item["decisive"] else " (recorded, does not decide)")
                                     + (f"; ASR {_pct(item['asr_before'])} → {_pct(item['asr_after'])}"
-                                       if "asr_after" in item else "")))
+                                       if "asr_after" in item else "")
+                                    + (f"; target margin {item['target_margin_before']} → "
+                                       f"{item['target_margin_after']} (runner-up {item['runner_up_margin']})"
+                                       if "runner_up_margin" in item else "")))
             for item in check["residual_evidence"]]
     rows.append(("Clean accuracy", _e(f"{_pct(ca['before'])} → {_pct(ca['after'])}; drop {100 * ca['drop']:.1f} points, "
                                    f"upper bound {100 * ca['upper_bound']:.1f} at {100 * ca['confidence']:.0f}% "

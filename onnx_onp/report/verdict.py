@@ -41,7 +41,7 @@ STATUS_CLEAN = "no backdoor evidence: nothing pruned"
 STATUS_SANITIZED = "sanitized"
 STATUS_UNSANITIZABLE = "cannot sanitize within the clean-accuracy budget"
 STATUS_DETECT_ONLY = "detection only: nothing pruned"
-# The pruning was chosen, but on images the search never saw the detected trigger still works: never "sanitized".
+# The pruning was chosen, but on images the search never saw the final check still finds the backdoor: never "sanitized".
 STATUS_REMAINS = "backdoor remains"
 STATUSES = (STATUS_CLEAN, STATUS_SANITIZED, STATUS_UNSANITIZABLE, STATUS_DETECT_ONLY, STATUS_REMAINS)
 # Outcomes whose model is not written unless the caller asks for it (--fail-on never).

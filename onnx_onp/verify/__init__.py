@@ -9,9 +9,9 @@ decision nor the prune-back ever saw (``VerifyConfig.check_share`` of them, cut 
 
 - Residual evidence: the search's first probes (the detected trigger, refined) stamped on check images, and the
   deciding detector looking again on them. A probe whose success pruning does not at least halve means the
-  backdoor still works: the outcome is ``backdoor remains`` (exit 11), never ``sanitized``. A run that would still
-  be sanitized is also asked by maximum margin, which assumes no trigger shape: a target that keeps
-  ``max_margin_lead_left`` of its lead over the runner-up class means the backdoor remains.
+  backdoor still works: the outcome is ``backdoor remains`` (exit 11), never ``sanitized``. When neither finds it,
+  maximum margin, which assumes no trigger shape, is asked too: a target that keeps ``max_margin_lead_left`` of its
+  lead over the runner-up class means the backdoor remains.
 - The clean-accuracy budget: a one-sided upper confidence bound on the paired accuracy drop over the check images
   (each image counts +1 when pruning breaks it, -1 when it fixes it) must be within ``--max-ca-drop``; a raw count
   on the data that chose the mask is optimistic by construction.
@@ -157,8 +157,11 @@ def final_check(ctx, detection, detector, search, built, mask: np.ndarray) -> di
     ca = check_accuracy(ctx.evaluator, ctx.check, mask, budget=ctx.config.max_ca_drop,
                         confidence=config.ca_confidence)
     found = any(item["found"] and item["decisive"] for item in residual)
-    if not found and ca["within_budget"]:
-        # About to say sanitized: maximum margin, which assumes no trigger shape, looks at the target too.
+    if not found:
+        # Maximum margin, which assumes no trigger shape, looks at the target too. Also when the accuracy bound
+        # fails: the outcome then says whether the backdoor is still there (verazuo_badnet_mnist, dev: probes cut
+        # to 32% while the real trigger kept 42%, the target 0.29 of its lead) instead of only that pruning costs
+        # too much.
         lead = _margin_lead_again(ctx, detection, mask)
         if lead is not None:
             residual.append(lead)
@@ -200,8 +203,8 @@ def _detector_again(ctx, detection, detector, mask: np.ndarray) -> dict:
 
 
 def _margin_lead_again(ctx, detection, mask: np.ndarray) -> dict | None:
-    """Maximum margin on the target, for any run about to be sanitized: every class's margin in the unpruned
-    model (the max-margin detector's, when it ran), the target's in the pruned one on check images. Found while
+    """Maximum margin on the target, for any run whose other evidence says gone: every class's margin in the
+    unpruned model (the max-margin detector's, when it ran), the target's in the pruned one on check images. Found while
     the target keeps ``max_margin_lead_left`` of its lead over the runner-up; no verdict (recorded as not
     conclusive) when the target did not lead to begin with. None when the max-margin scan is switched off."""
     detect = ctx.config.detect
