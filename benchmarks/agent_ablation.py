@@ -30,7 +30,7 @@ from dataclasses import replace
 
 from onnx_onp.agent import TrainConfig
 from onnx_onp.bench import BenchConfig, discover_cases, machine_info, run_bench
-from onnx_onp.bench.report import result_to_json
+from onnx_onp.bench.report import onp_rows_from_json, result_to_json
 from onnx_onp.files import atomic_write_text
 from onnx_onp.config import override
 from onnx_onp.sanitize import SanitizeConfig
@@ -50,19 +50,8 @@ HEADER = ("| variant | case | draw | outcome | test ASR % | test CA drop (points
 
 
 def onp_rows(variant: str, payload: dict) -> list[dict]:
-    """ONP's row per (case, draw) of one variant's saved bench payload, with the case's before-pruning CA."""
-    rows = []
-    for case in payload["cases"]:
-        if case.get("error"):
-            rows.append({"variant": variant, "case": case["name"], "draw": case["draw"], "error": case["error"]})
-            continue
-        row = next(r for r in case["rows"] if r["defense"] == "onp")
-        rows.append({"variant": variant, "case": case["name"], "draw": case["draw"], "status": row["status"],
-                     "asr": 100 * row["asr"], "drop": 100 * (case["before"]["ca"] - row["ca"]),
-                     "der": 100 * row["der"], "groups": row["pruned_groups"], "seconds": row["seconds"],
-                     "chosen": ", ".join(str(r.get("chosen_from")) for r in row["info"].get("rounds", []))
-                     or "(nothing pruned)"})
-    return rows
+    """ONP's row per (case, draw) of one variant's saved bench payload."""
+    return [{"variant": variant, **row} for row in onp_rows_from_json(payload)]
 
 
 def row_line(row: dict) -> str:

@@ -14,6 +14,8 @@ import json
 import subprocess
 from pathlib import Path
 
+from onnx_onp.bench.report import onp_rows_from_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,15 +28,7 @@ def load(where: str) -> dict:
 
 
 def onp_pairs(result: dict) -> dict[tuple[str, int], dict]:
-    pairs = {}
-    for case in result["cases"]:
-        for row in case.get("rows", []):
-            if row["defense"] == "onp":
-                info = row.get("info") or {}
-                pairs[(case["name"], case["draw"])] = {
-                    "status": info.get("status") or "–", "detector": info.get("detector") or "–",
-                    "asr": 100 * row["asr"], "drop": 100 * (case["before"]["ca"] - row["ca"])}
-    return pairs
+    return {(row["case"], row["draw"]): row for row in onp_rows_from_json(result) if "error" not in row}
 
 
 def main(argv=None):
@@ -52,7 +46,7 @@ def main(argv=None):
             print(f"| {key[0]} | {key[1]} | only in {'new' if a is None else 'old'} ||||")
             continue
         changed = a["status"] != b["status"] or abs(a["asr"] - b["asr"]) > 1e-6
-        print(f"| {key[0]} | {key[1]} | {a['status']} → {b['status']} | {a['detector']} → {b['detector']} | "
+        print(f"| {key[0]} | {key[1]} | {a['status'] or '–'} → {b['status'] or '–'} | {a['detector'] or '–'} → {b['detector'] or '–'} | "
               f"{a['asr']:.2f} → {b['asr']:.2f} | {a['drop']:.2f} → {b['drop']:.2f} | {'yes' if changed else ''} |")
 
 

@@ -36,13 +36,12 @@ from onnx_onp.bench import DataSplits
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
 from onnx_onp.neuron_map import build_neuron_map
-from onnx_onp.signals.max_margin import MaxMarginConfig, max_margins, robust_z_above
+from onnx_onp.signals.max_margin import MaxMarginConfig, lead_kept, max_margins, robust_z_above
 
 
 def lead_left(record: dict) -> float | None:
     """The share of the target's lead over the runner-up class it keeps after pruning (None: it did not lead)."""
-    before, after, runner_up = record["target_margin_before"], record["target_margin_after"], record["others_largest"]
-    return (after - runner_up) / (before - runner_up) if before > runner_up else None
+    return lead_kept(record["target_margin_before"], record["target_margin_after"], record["others_largest"])
 
 
 def summarize(path: str) -> None:
@@ -109,8 +108,8 @@ def main(argv=None):
                   "margins": np.round(margins, 2).tolist(), "target_margin_before": round(float(margins[spec.target]), 2),
                   "target_margin_after": round(after, 2), "others_largest": round(float(others.max()), 2),
                   "still_largest": bool(after > others.max()),
-                  "lead_left": (round((after - others.max()) / (margins[spec.target] - others.max()), 3)
-                                if margins[spec.target] > others.max() else None), "z_before": round(float(robust_z_above(margins)[
+                  "lead_left": (None if (kept := lead_kept(float(margins[spec.target]), after, float(others.max())))
+                                is None else round(kept, 3)), "z_before": round(float(robust_z_above(margins)[
                       spec.target]), 2), "z_after": round(z_after, 2), "asr_before": round(asr0, 4),
                   "asr_after": round(asr1, 4), "ca_drop": round(ca0 - ca1, 4),
                   "seconds": round(time.perf_counter() - start, 1)}

@@ -353,3 +353,22 @@ if __name__ == "__main__":  # python -m onnx_onp.bench.report RUN.json: ONP's ti
 
     for path in sys.argv[1:]:
         print("\n".join(onp_time_lines_from_json(json.loads(open(path).read()))))
+
+
+def onp_rows_from_json(payload: dict) -> list[dict]:
+    """ONP's row per (case, draw) of a saved bench result: outcome, detector, test ASR, CA drop and DER in
+    percent, pruned groups, seconds and the rounds' candidate sources; a case that failed gives its error."""
+    rows = []
+    for case in payload["cases"]:
+        if case.get("error"):
+            rows.append({"case": case["name"], "draw": case["draw"], "error": case["error"]})
+            continue
+        row = next(r for r in case["rows"] if r["defense"] == "onp")
+        info = row.get("info") or {}
+        rows.append({"case": case["name"], "draw": case["draw"], "status": row.get("status") or info.get("status"),
+                     "detector": info.get("detector"), "asr": 100 * row["asr"],
+                     "drop": 100 * (case["before"]["ca"] - row["ca"]), "der": 100 * row["der"],
+                     "groups": row["pruned_groups"], "seconds": row["seconds"],
+                     "chosen": ", ".join(str(r.get("chosen_from")) for r in info.get("rounds", []))
+                     or "(nothing pruned)"})
+    return rows

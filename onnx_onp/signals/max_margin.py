@@ -46,6 +46,11 @@ def robust_z_above(values: np.ndarray) -> np.ndarray:
     return (values - median) / max(mad, 1e-12)
 
 
+def lead_kept(before: float, after: float, runner_up: float) -> float | None:
+    """The share of its lead over the runner-up class's margin that a class keeps (None: it did not lead)."""
+    return (after - runner_up) / (before - runner_up) if before > runner_up else None
+
+
 def max_margins(mirror, x: np.ndarray, num_classes: int, layout: str, config: MaxMarginConfig = MaxMarginConfig(),
                 *, classes: list[int] | None = None, keep: torch.Tensor | None = None) -> np.ndarray:
     """For each class (or each of ``classes``), the largest logit margin the optimised inputs reach, in the model

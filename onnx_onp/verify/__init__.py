@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..detect import synthesis_result
-from ..signals.max_margin import max_margins
+from ..signals.max_margin import lead_kept, max_margins
 from ..probes import probe_env, probe_items
 from ..report.verdict import (STATUS_CLEAN, STATUS_DETECT_ONLY, STATUS_REMAINS, STATUS_SANITIZED,
                               STATUS_UNSANITIZABLE)
@@ -220,8 +220,8 @@ def _margin_lead_again(ctx, detection, mask: np.ndarray) -> dict | None:
                               keep=keep)[0])
     before = float(margins[detection.target])
     runner_up = float(max(m for c, m in enumerate(margins) if c != detection.target))
-    conclusive = before > runner_up
-    lead_left = (after - runner_up) / (before - runner_up) if conclusive else None
+    lead_left = lead_kept(before, after, runner_up)
+    conclusive = lead_left is not None
     return {"source": "max margin on the target, on check images", "decisive": conclusive,
             "found": bool(conclusive and lead_left >= ctx.config.verify.max_margin_lead_left),
             "conclusive": conclusive, "target_margin_before": round(before, 2),
