@@ -17,7 +17,7 @@ from .conftest import FIXTURES, TINY
 
 SAMPLE = FIXTURES / "data" / "cifar10_defense_sample.npz"
 # A short search: the tests compare runs with each other, not the search's quality.
-SHORT = ["--rounds", "2", "--budget", "4", "--limit", "200", "--fail-on", "never"]
+SHORT = ["--rounds", "1", "--budget", "4", "--limit", "200", "--fail-on", "never"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ def test_folder_goes_on_past_a_broken_model(models, tmp_path):
         shutil.copy(folder / name, zoo / name)
     (zoo / "broken.onnx").write_bytes(b"not a model")
     out = tmp_path / "out"
-    result = audit(zoo, "--data", SAMPLE, "--detect-only", "-o", out, "--jobs", "1", "--sarif", tmp_path / "r.sarif")
+    result = audit(zoo, "--data", SAMPLE, "--detect-only", "--limit", "200", "-o", out, "--jobs", "1", "--sarif",
+                   tmp_path / "r.sarif")
     assert result.exit_code == 12 and 12 in EXIT_CODES, result.output
     summary, reports = outputs(out)
     rows = {r["name"]: r for r in summary["rows"]}
