@@ -105,3 +105,25 @@ def test_the_targets_table_counts_backdoored_and_clean_models_apart():
     assert "| models with mean ONP ASR ≤ 10% | ≥ 90% | 0 of 1 | **no** |" in targets
     assert "| (model, draw) pairs with ONP CA drop ≤ 2 points | ≥ 95% | 2 of 2 | yes |" in targets
     assert "| clean (1 models): flagged on any draw | ≤ 1 in 6 | 0 of 1 | yes |" in targets
+
+
+def test_compare_records_counts_changed_outcomes_and_masks(tmp_path, capsys):
+    """`python -m benchmarks.compare_records OLD NEW`: one row per (model, draw), and the counts say what changed."""
+    import copy
+    import json
+
+    from benchmarks.compare_records import main
+
+    old = json.loads((RESULTS / "test_final_resnet18_randpatch_gtsrb.json").read_text())
+    new = copy.deepcopy(old)
+    onp = [row for case in new["cases"] for row in case["rows"] if row["defense"] == "onp"]
+    onp[0]["status"] = onp[0]["info"]["status"] = "backdoor remains"  # draw 0: the outcome only
+    onp[1]["asr"] += 0.01  # draw 1: the mask's ASR only
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    main([str(tmp_path / "old.json"), str(tmp_path / "new.json")])
+    out = capsys.readouterr().out
+    assert "| resnet18_randpatch_gtsrb | 0 | sanitized → backdoor remains |" in out
+    assert out.count("| resnet18_randpatch_gtsrb |") == 3
+    assert out.rstrip().endswith("3 (model, draw) pairs: 1 outcomes changed, 1 masks changed (test ASR or CA drop "
+                                 "differ)")
