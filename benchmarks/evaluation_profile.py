@@ -17,14 +17,11 @@ from collections import defaultdict
 import numpy as np
 
 from onnx_onp import sanitize as sanitize_module
-from onnx_onp.bench import DataSplits, discover_cases
+from onnx_onp.bench import DataSplits, open_case
 from onnx_onp.config import override
-from onnx_onp.data import Spec
 from onnx_onp.instrument import MaskedEvaluator
 from onnx_onp.instrument.resume import ResumeCache
-from onnx_onp.load import load_model
 from onnx_onp.metrics import prepare
-from onnx_onp.neuron_map import build_neuron_map
 from onnx_onp.progress import Silent
 
 
@@ -38,11 +35,7 @@ class StageRecorder(Silent):
 
 
 def profile(case_name: str, overrides: dict, resume: bool):
-    (case,) = discover_cases(case_name)
-    spec = Spec.load(case.spec)
-    lm = load_model(case.model)
-    nmap = build_neuron_map(lm)
-    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    case, spec, lm, nmap, evaluator = open_case(case_name)
     defense_raw, _ = DataSplits().defense_and_test(case.dataset, 500, 0, None)
     defense = prepare(lm, defense_raw, spec.preprocess)
     recorder = StageRecorder()

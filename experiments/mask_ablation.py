@@ -16,12 +16,8 @@ import json
 
 import numpy as np
 
-from onnx_onp.bench import DataSplits, discover_cases
-from onnx_onp.data import Spec
-from onnx_onp.instrument import MaskedEvaluator
-from onnx_onp.load import load_model
+from onnx_onp.bench import DataSplits, open_case
 from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
-from onnx_onp.neuron_map import build_neuron_map
 
 
 def main(argv=None):
@@ -30,11 +26,7 @@ def main(argv=None):
     parser.add_argument("report", help="sanitize's --report JSON")
     parser.add_argument("--test-limit", type=int, default=3000, help="seeded test images (default 3000)")
     args = parser.parse_args(argv)
-    (case,) = discover_cases(args.case)
-    spec = Spec.load(case.spec)
-    lm = load_model(case.model)
-    nmap = build_neuron_map(lm)
-    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    case, spec, lm, nmap, evaluator = open_case(args.case)
     test = DataSplits().splits(case.dataset)[1].take(args.test_limit, seed=1)
     triggered = prepare_triggered(lm, test, spec, spec.preprocess)
     clean = prepare(lm, test, spec.preprocess)

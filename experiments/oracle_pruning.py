@@ -21,12 +21,8 @@ import json
 
 import numpy as np
 
-from onnx_onp.bench import DataSplits, discover_cases
-from onnx_onp.data import Spec
-from onnx_onp.instrument import MaskedEvaluator
-from onnx_onp.load import load_model
+from onnx_onp.bench import DataSplits, open_case
 from onnx_onp.metrics import prepare, prepare_triggered
-from onnx_onp.neuron_map import build_neuron_map
 
 
 def main(argv=None):
@@ -41,11 +37,7 @@ def main(argv=None):
     parser.add_argument("--json", help="append the trajectory as one JSON line")
     args = parser.parse_args(argv)
 
-    (case,) = discover_cases(args.case)
-    spec = Spec.load(case.spec)
-    lm = load_model(case.model)
-    nmap = build_neuron_map(lm)
-    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    case, spec, lm, nmap, evaluator = open_case(args.case)
     defense_raw, test_raw = DataSplits().defense_and_test(case.dataset, args.defense_size, args.draw,
                                                           args.test_limit, test_seed=0)
 

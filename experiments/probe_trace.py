@@ -20,12 +20,8 @@ import numpy as np
 import onnx_onp.sanitize as sanitize_module
 import onnx_onp.search as search_module
 from onnx_onp.config import SanitizeConfig, override
-from onnx_onp.bench import DataSplits, discover_cases
-from onnx_onp.data import Spec
-from onnx_onp.instrument import MaskedEvaluator
-from onnx_onp.load import load_model
+from onnx_onp.bench import DataSplits, open_case
 from onnx_onp.metrics import attack_scores, prepare, prepare_triggered
-from onnx_onp.neuron_map import build_neuron_map
 
 
 def main(argv=None):
@@ -37,11 +33,7 @@ def main(argv=None):
                         help="override a SanitizeConfig field by dotted path (search.rounds=4)")
     args = parser.parse_args(argv)
     overrides = {name: json.loads(value) for name, value in (item.split("=", 1) for item in args.set)}
-    (case,) = discover_cases(args.case)
-    spec = Spec.load(case.spec)
-    lm = load_model(case.model)
-    nmap = build_neuron_map(lm)
-    evaluator = MaskedEvaluator(lm, nmap, provider="cpu")
+    case, spec, lm, nmap, evaluator = open_case(args.case)
     defense_raw, test_raw = DataSplits().defense_and_test(case.dataset, 500, 0, None)
     defense = prepare(lm, defense_raw, spec.preprocess)
     test_raw = test_raw.take(args.test_limit, seed=1)

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnx_onp.baselines import (DEFENSES, ClpConfig, FpConfig, RandomConfig, activation_tensor, channel_lipschitz, clp,
                                 fine_pruning, last_conv_layer, pruned_neuron_count, random_pruning)
-from onnx_onp.bench import DataSplits, PeakRss, der, discover_cases
+from onnx_onp.bench import DataSplits, PeakRss, der, discover_cases, open_case
 from onnx_onp.data import Spec
 from onnx_onp.errors import MaskError
 from onnx_onp.instrument import MaskedEvaluator
@@ -308,6 +308,14 @@ def test_cases_are_discovered_with_their_datasets():
     result = CliRunner().invoke(main, ["bench", "--cases", "no_such_model"])
     assert result.exit_code == 2 and "unknown case" in result.output
 
+
+
+def test_open_case_gives_the_case_its_spec_model_map_and_evaluator():
+    case, spec, model, nmap, evaluator = open_case("tiny_badnet_cifar10")
+    assert case.name == "tiny_badnet_cifar10" and spec.target == Spec.load(case.spec).target
+    assert nmap.num_groups == build_neuron_map(load_model(case.model)).num_groups
+    x = np.zeros((2, *model.input_shape[1:]), dtype=np.float32)
+    assert evaluator.logits(x).shape == (2, 10) and evaluator.provider == "CPUExecutionProvider"
 
 # -- end to end ---------------------------------------------------------------------------------------------
 

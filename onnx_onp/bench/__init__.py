@@ -7,7 +7,8 @@
 
 from .cases import (DATASETS, FAMILIES, GTSRB_SPLIT_SEED, GTSRB_TRAIN, MNIST_DEFENSE_POOL, MNIST_SPLIT_SEED, Case,
                     DataSplits, UnknownCaseError, dataset_of, discover_cases)
-from .harness import DEFAULT_DEFENSES, BenchConfig, BenchResult, CaseResult, PeakRss, Row, der, run_bench, run_case
+from .harness import (DEFAULT_DEFENSES, BenchConfig, BenchResult, CaseResult, OpenedCase, PeakRss, Row, der, open_case,
+                      run_bench, run_case)
 from .report import (COLUMNS, TableWriter, describe_machine, format_row, header_lines, machine_info,
                      markdown_report, result_to_json)
 
@@ -25,6 +26,7 @@ __all__ = [
     "Case",
     "CaseResult",
     "DataSplits",
+    "OpenedCase",
     "PeakRss",
     "Row",
     "TableWriter",
@@ -37,6 +39,7 @@ __all__ = [
     "header_lines",
     "machine_info",
     "markdown_report",
+    "open_case",
     "result_to_json",
     "run_bench",
     "run_case",

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..baselines import DEFENSES, DefenseResult, pruned_neuron_count
 from ..data import Spec
@@ -29,7 +29,7 @@ from ..instrument import MaskedEvaluator
 from ..load import load_model
 from ..metrics import Prepared, attack_scores, clean_accuracy, prepare, prepare_triggered
 from ..neuron_map import build_neuron_map
-from .cases import Case, DataSplits
+from .cases import Case, DataSplits, discover_cases
 
 DEFAULT_DEFENSES = ("none", "onp", "clp", "fp", "random")
 
@@ -172,6 +172,23 @@ def _run_defense(name: str, lm, nmap, defense_data: Prepared, evaluator, config)
         seconds = time.perf_counter() - start
     nmap.check_mask(result.mask)
     return result, seconds, memory.mb
+
+
+class OpenedCase(NamedTuple):
+    """One case loaded for a script that measures masks on it (experiments, profiles)."""
+    case: Case
+    spec: Spec
+    model: Any  # LoadedModel
+    nmap: Any  # NeuronMap
+    evaluator: MaskedEvaluator
+
+
+def open_case(name: str, provider: str = "cpu") -> OpenedCase:
+    """The case called ``name``: its spec, model, neuron map and a masked evaluator on ``provider``."""
+    (case,) = discover_cases(name)
+    model = load_model(case.model)
+    nmap = build_neuron_map(model)
+    return OpenedCase(case, Spec.load(case.spec), model, nmap, MaskedEvaluator(model, nmap, provider=provider))
 
 
 def run_case(case: Case, config: BenchConfig, *, splits: DataSplits | None = None,
