@@ -47,17 +47,22 @@ def memory_gib() -> float | None:
 
 
 def machine_info() -> dict:
+    """The machine and the numeric libraries: the search is repeatable on one machine, but another CPU or library
+    version rounds floats differently and can send it down another path (docs/method.md, "Repeatability")."""
+    import numpy
     import onnxruntime
+    import torch
 
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "usable_cores": usable_cores(), "memory_gib": memory_gib(),
             "platform": platform.platform(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__}
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
 
 
 def describe_machine(machine: dict) -> str:
     memory = f", {machine['memory_gib']} GiB RAM" if machine.get("memory_gib") else ""
     return (f"{machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable){memory}; "
-            f"{machine['platform']}; onnxruntime {machine['onnxruntime']}")
+            f"{machine['platform']}; onnxruntime {machine['onnxruntime']}"
+            + "".join(f", {name} {machine[name]}" for name in ("torch", "numpy") if machine.get(name)))
 
 
 def describe_settings(config: BenchConfig) -> str:
