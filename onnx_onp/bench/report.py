@@ -48,7 +48,7 @@ def memory_gib() -> float | None:
 
 def machine_info() -> dict:
     """The machine and the numeric libraries: the search is repeatable on one machine, but another CPU or library
-    version rounds floats differently and can send it down another path (docs/method.md, "Repeatability")."""
+    version rounds floats differently and can send it down another path (docs/method.md, "What the measurements say", Limits)."""
     import numpy
     import onnxruntime
     import torch
