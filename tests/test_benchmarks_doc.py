@@ -127,3 +127,27 @@ def test_compare_records_counts_changed_outcomes_and_masks(tmp_path, capsys):
     assert out.count("| resnet18_randpatch_gtsrb |") == 3
     assert out.rstrip().endswith("3 (model, draw) pairs: 1 outcomes changed, 1 masks changed (test ASR or CA drop "
                                  "differ)")
+
+
+def test_check_reliability_keeps_the_latest_record_and_counts_false_passes_and_refusals(tmp_path):
+    """`python -m benchmarks.check_reliability`: the final check's bound against the test drop, per (model, draw)."""
+    import copy
+    import json
+
+    from benchmarks.check_reliability import checked_pairs, summary
+
+    record = json.loads((RESULTS / "test_final_resnet18_randpatch_gtsrb.json").read_text())
+    (tmp_path / "a.json").write_text(json.dumps(record))
+    later = copy.deepcopy(record)
+    later["date"] = "2099-01-01T00:00:00+00:00"
+    onp = next(row for row in later["cases"][0]["rows"] if row["defense"] == "onp")
+    onp["ca"] = later["cases"][0]["before"]["ca"] - 0.05  # draw 0 now costs 5 test points: a false pass
+    (tmp_path / "b.json").write_text(json.dumps(later))
+    pairs = checked_pairs(tmp_path)
+    assert sorted(pairs) == [("resnet18_randpatch_gtsrb", d) for d in (0, 1, 2)]
+    assert pairs[("resnet18_randpatch_gtsrb", 0)]["file"] == "b.json"
+    assert abs(pairs[("resnet18_randpatch_gtsrb", 0)]["test_drop"] - 5.0) < 1e-6
+    # the record: draws 0 and 1 passed the bound (0.84, 1.46), draw 2 did not (3.87) at test drop 1.3
+    assert summary(list(pairs.values())).startswith(
+        "3 pairs: bound within budget on 2, of them test drop over budget on 1 (false pass); bound over budget on "
+        "1, of them test drop within budget on 1 (needless refusal)")

@@ -1,0 +1,85 @@
+"""How well does the final check's clean-accuracy bound (100 unseen defense images) predict the test drop?
+
+    python -m benchmarks.check_reliability            # every saved bench record, latest per (model, draw)
+    python -m benchmarks.check_reliability --split test
+
+For every (model, draw) whose ONP run reached the final check: the check set's broken and fixed images, its
+accuracy drop and one-sided upper bound, and the drop on 2,000 test images of the same mask. Then per split:
+how often the bound passed while the test drop was over the budget (a false pass), how often it failed while
+the test drop was within it (a needless refusal), and the correlation of the two drops. Reads the saved
+results only; the bound is the one each run computed (``VerifyConfig.ca_confidence``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BUDGET = 2.0  # points: sanitize's default --max-ca-drop, the issue's target
+
+
+def checked_pairs(folder: Path = RESULTS) -> dict[tuple[str, int], dict]:
+    """(model, draw) -> the latest saved ONP run of it that reached the final check."""
+    pairs: dict[tuple[str, int], dict] = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(payload, dict) or not isinstance(payload.get("cases"), list) or "date" not in payload:
+            continue
+        for case in payload["cases"]:
+            row = next((r for r in case.get("rows", []) if r.get("defense") == "onp"), None)
+            ca = ((row or {}).get("info") or {}).get("final_check", {}) or {}
+            ca = ca.get("clean_accuracy")
+            if not ca or case.get("draw") is None:
+                continue
+            key = (case["name"], case["draw"])
+            if key in pairs and pairs[key]["date"] > payload["date"]:
+                continue
+            pairs[key] = {"date": payload["date"], "file": path.name, "split": case.get("split", "dev"),
+                          "status": row["info"].get("status"), "images": ca["images"], "broken": ca["broken"],
+                          "fixed": ca["fixed"], "check_drop": 100 * ca["drop"], "bound": 100 * ca["upper_bound"],
+                          "budget": 100 * ca["budget"], "test_drop": 100 * (case["before"]["ca"] - row["ca"])}
+    return pairs
+
+
+def summary(rows: list[dict]) -> str:
+    check = np.array([r["check_drop"] for r in rows])
+    test = np.array([r["test_drop"] for r in rows])
+    passed = np.array([r["bound"] <= r["budget"] + 1e-9 for r in rows])
+    within = np.array([r["test_drop"] <= r["budget"] + 1e-9 for r in rows])
+    corr = float(np.corrcoef(check, test)[0, 1]) if len(rows) > 2 else float("nan")
+    return (f"{len(rows)} pairs: bound within budget on {int(passed.sum())}, of them test drop over budget on "
+            f"{int((passed & ~within).sum())} (false pass); bound over budget on {int((~passed).sum())}, of them "
+            f"test drop within budget on {int((~passed & within).sum())} (needless refusal); correlation of check "
+            f"and test drop {corr:.2f}; mean |check - test| {np.abs(check - test).mean():.2f} points")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--split", choices=("dev", "test"), help="only this split (default: both)")
+    args = parser.parse_args(argv)
+    pairs = checked_pairs()
+    print("# python -m benchmarks.check_reliability" + (f" --split {args.split}" if args.split else ""))
+    print("| split | model | draw | outcome | check images | broken | fixed | check drop | upper bound | test drop "
+          "| record |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|")
+    for (name, draw), r in sorted(pairs.items(), key=lambda item: (item[1]["split"], item[0])):
+        if args.split and r["split"] != args.split:
+            continue
+        print(f"| {r['split']} | {name} | {draw} | {r['status']} | {r['images']} | {r['broken']} | {r['fixed']} | "
+              f"{r['check_drop']:.2f} | {r['bound']:.2f} | {r['test_drop']:.2f} | {r['file']} |")
+    print()
+    for split in ("dev", "test"):
+        rows = [r for r in pairs.values() if r["split"] == split]
+        if rows and args.split in (None, split):
+            print(f"- {split}: {summary(rows)}")
+
+
+if __name__ == "__main__":
+    main()
