@@ -13,6 +13,8 @@ Variants (each one `SanitizeConfig` change, everything else at the defaults):
 - ``graphconv``: the default (GraphConv layers, REINFORCE);
 - ``sage``, ``gat``: GraphSAGE or GAT layers instead of GraphConv;
 - ``ppo``: PPO (4 clipped steps per batch of rewards) instead of REINFORCE;
+- ``until_probes_cut``: the search's rounds also go on while the chosen mask leaves the probes' held-out success
+  at half or more of what it was (``SearchConfig.until_probes_cut``, an experiment; not a learning variant);
 - ``untrained``: no training steps: the decision gets only the warm-started policy's ranking and the signal
   masks, so what the other variants gain over it is what learning from onnxruntime's rewards adds.
 
@@ -42,6 +44,7 @@ VARIANTS = {
     "gat": override(SanitizeConfig(), {"search.gnn": "gat"}),
     "ppo": override(SanitizeConfig(), {"search.train": TrainConfig(algorithm="ppo")}),
     "untrained": override(SanitizeConfig(), {"search.train": TrainConfig(steps=0)}),
+    "until_probes_cut": override(SanitizeConfig(), {"search.until_probes_cut": True}),
 }
 
 

@@ -155,3 +155,20 @@ def test_an_unconfirmed_suspicion_stays_no_evidence_when_the_last_resort_finds_n
     assert last.ran == 1 and "last_resort" in report and "unconfirmed_suspicion" not in report
     assert report["detector"] == "weak suspicion" and report["confirmation"]["confirmed"] is False
     assert report["verdict"]["verdict"] == "no backdoor evidence" and not result.mask.any()
+
+
+def test_rounds_until_probes_cut_uses_the_final_checks_rule_of_gone():
+    """SearchConfig.until_probes_cut: a round whose mask leaves the probes at half their held-out success or more
+    is not the last one, even when the re-check no longer finds the backdoor."""
+    from types import SimpleNamespace
+
+    from onnx_onp.config import SanitizeConfig
+    from onnx_onp.search import _probes_cut
+
+    ctx = SimpleNamespace(config=SanitizeConfig())  # residual_ratio 0.5, residual_min_asr 0.5
+    chosen = lambda asr: SimpleNamespace(holdout=SimpleNamespace(asr=asr))  # noqa: E731
+    assert not _probes_cut(ctx, SimpleNamespace(asr0=0.83), chosen(0.75))  # SIG, dev draw 2: 83% -> 75%
+    assert _probes_cut(ctx, SimpleNamespace(asr0=0.83), chosen(0.40))
+    assert not _probes_cut(ctx, SimpleNamespace(asr0=0.83), SimpleNamespace(holdout=None))  # nothing chosen
+    assert _probes_cut(ctx, SimpleNamespace(asr0=0.30), SimpleNamespace(holdout=None))  # too weak to tell
+    assert SanitizeConfig().search.until_probes_cut is False  # an experiment: the default is unchanged

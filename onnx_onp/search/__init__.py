@@ -35,6 +35,12 @@ class SearchConfig:
     # Candidates grown down the activation-shift and BLC rankings, skipping costly groups (decide/choose.py
     # signal_walk_masks): groups looked at per signal and round (None: no walk).
     signal_walk: int | None = 48
+    # Also go on to the next round while the chosen mask leaves the probes' held-out success at or above the final
+    # check's residual ratio of what it was, even when the re-check no longer finds the backdoor. An experiment,
+    # off by default: an amplification suspicion's re-check is trigger re-synthesis, which never finds SIG, so
+    # such runs stop after one round whatever it achieved (dev resnet18_sig_cifar10, draw 2: the probe went only
+    # 83% -> 75%, the suspicion went unconfirmed and a 90% backdoor was reported as no evidence).
+    until_probes_cut: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -109,10 +115,19 @@ def run_search(ctx, detection, detector, built) -> SearchResult:
         rounds.append({**record, "backdoor_still_found": recheck.found})
         ctx.progress.note(f"{step}: {int(mask.sum())} groups pruned; re-synthesized trigger "
                           f"{'still found' if recheck.found else 'no longer found'}")
-        if not recheck.found:
+        if not recheck.found and (not search.until_probes_cut or _probes_cut(ctx, hold_env, decision)):
             break
         probes.extend(new_probes)
     return SearchResult(mask, probes, rounds, reward_curve, first, train_env, hold_env, decision)
+
+
+def _probes_cut(ctx, hold_env, decision) -> bool:
+    """The final check's rule of gone, on the held-out images: the chosen mask cuts the probes' success below
+    ``residual_ratio`` of the unpruned model's (or they were too weak to tell)."""
+    verify = ctx.config.verify
+    if hold_env.asr0 < verify.residual_min_asr:
+        return True
+    return decision.holdout is not None and decision.holdout.asr < verify.residual_ratio * hold_env.asr0
 
 
 def _policy(search: SearchConfig, nmap, signals, batch) -> PruningPolicy:
