@@ -263,22 +263,31 @@ def _mean_text(values: list, digits: int | None = None) -> str:
 
 
 def per_draw_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
-    """The rows behind every mean: each draw of each model that has more than one."""
+    """The draws behind every mean: one row per draw of each model that has more than one, each defense's CA and
+    ASR side by side (random pruning with CLP's and Fine-Pruning's counts is in the tables above, as a mean)."""
     lines = []
     for (case, split), draws in sorted(table.items()):
         if len(draws) < 2:
             continue
         for seed, draw in sorted(draws.items()):
-            for defense in _defenses(draws):
+            cells, sources = [], []
+            for defense in ("none",) + tuple(name for name, _ in BASELINES):
                 if defense in draw.rows:
                     row, source, _ = draw.rows[defense]
-                    lines.append(f"| {case} | {split or '–'} | {seed} | {defense} | {_pct(row['ca'])} | "
-                                 f"{_pct(row['asr'])} | {_pct(row['der'])} | {row['pruned_groups']} | {source} |")
+                    cells.append(f"{_pct(row['ca'])} / {_pct(row['asr'])}")
+                    sources.append(source)
+                else:
+                    cells.append("–")
+            groups = draw.rows["onp"][0]["pruned_groups"] if "onp" in draw.rows else "–"
+            lines.append(f"| {case} | {split or '–'} | {seed} | {' | '.join(cells)} | {groups} | "
+                         f"{', '.join(dict.fromkeys(sources))} |")
     if not lines:
         return []
-    return ["## Per draw", "", "Every defense-data draw behind a mean above (seed = the defense data's seed).", "",
-            "| model | split | seed | defense | CA % | ASR % | DER % | groups | result |",
-            "|---|---|---:|---|---:|---:|---:|---:|---|"] + lines + [""]
+    labels = " | ".join(label for _, label in BASELINES)
+    return ["## Per draw", "", "Every defense-data draw behind a mean above (seed = the defense data's seed): CA % / "
+            "ASR % per defense, and the groups ONP pruned.", "",
+            f"| model | split | seed | no defense | {labels} | ONP groups | result |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"] + lines + [""]
 
 
 GATE_ASR_HIGH, GATE_ASR_LOW, CA_BUDGET = 0.20, 0.10, 0.02

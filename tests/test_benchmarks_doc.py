@@ -47,7 +47,8 @@ def test_several_seeds_give_mean_and_worst_and_keep_each_draw():
     text = render_benchmarks(runs)
     assert "| 6.00 (10.00) |" in _onp_line(text)  # ASR: mean of 2% and 10%, worst 10%
     per_draw = text.split("## Per draw")[1]
-    assert "| m | dev | 0 | onp | 79.00 | 2.00 |" in per_draw and "| m | dev | 1 | onp | 79.00 | 10.00 |" in per_draw
+    assert "| m | dev | 0 | 80.00 / 95.00 | 79.00 / 2.00 | – | – | – | 3 | s0 |" in per_draw
+    assert "| m | dev | 1 | 80.00 / 95.00 | 79.00 / 10.00 | – | – | – | 3 | s1 |" in per_draw
 
 
 def test_a_draws_list_in_one_case_is_read_like_several_runs():
