@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from onnx_onp.bench.report import onp_rows_from_json
+
 RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET = 2.0  # points: sanitize's default --max-ca-drop, the target
 
@@ -32,19 +34,18 @@ def checked_pairs(folder: Path = RESULTS) -> dict[tuple[str, int], dict]:
             continue
         if not isinstance(payload, dict) or not isinstance(payload.get("cases"), list) or "date" not in payload:
             continue
-        for case in payload["cases"]:
-            row = next((r for r in case.get("rows", []) if r.get("defense") == "onp"), None)
-            ca = ((row or {}).get("info") or {}).get("final_check", {}) or {}
-            ca = ca.get("clean_accuracy")
-            if not ca or case.get("draw") is None:
+        # older records hold cases without a draw or without ONP: nothing to compare there
+        cases = [c for c in payload["cases"] if isinstance(c, dict) and c.get("draw") is not None
+                 and any(r.get("defense") == "onp" for r in c.get("rows", []))]
+        for row in onp_rows_from_json({"cases": cases}):
+            ca = (row.get("final_check") or {}).get("clean_accuracy")
+            key = (row["case"], row["draw"])
+            if not ca or (key in pairs and pairs[key]["date"] > payload["date"]):
                 continue
-            key = (case["name"], case["draw"])
-            if key in pairs and pairs[key]["date"] > payload["date"]:
-                continue
-            pairs[key] = {"date": payload["date"], "file": path.name, "split": case.get("split", "dev"),
-                          "status": row["info"].get("status"), "images": ca["images"], "broken": ca["broken"],
-                          "fixed": ca["fixed"], "check_drop": 100 * ca["drop"], "bound": 100 * ca["upper_bound"],
-                          "budget": 100 * ca["budget"], "test_drop": 100 * (case["before"]["ca"] - row["ca"])}
+            pairs[key] = {"date": payload["date"], "file": path.name, "split": row["split"], "status": row["status"],
+                          "images": ca["images"], "broken": ca["broken"], "fixed": ca["fixed"],
+                          "check_drop": 100 * ca["drop"], "bound": 100 * ca["upper_bound"],
+                          "budget": 100 * ca["budget"], "test_drop": row["drop"]}
     return pairs
 
 

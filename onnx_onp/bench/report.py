@@ -362,7 +362,8 @@ if __name__ == "__main__":  # python -m onnx_onp.bench.report RUN.json: ONP's ti
 
 def onp_rows_from_json(payload: dict) -> list[dict]:
     """ONP's row per (case, draw) of a saved bench result: outcome, detector, test ASR, CA drop and DER in
-    percent, pruned groups, seconds and the rounds' candidate sources; a case that failed gives its error."""
+    percent, pruned groups, seconds, the rounds' candidate sources, the split and the final check's record (None
+    when the run did not reach it); a case that failed gives its error."""
     rows = []
     for case in payload["cases"]:
         if case.get("error"):
@@ -375,5 +376,6 @@ def onp_rows_from_json(payload: dict) -> list[dict]:
                      "drop": 100 * (case["before"]["ca"] - row["ca"]), "der": 100 * row["der"],
                      "groups": row["pruned_groups"], "seconds": row["seconds"],
                      "chosen": ", ".join(str(r.get("chosen_from")) for r in info.get("rounds", []))
-                     or "(nothing pruned)"})
+                     or "(nothing pruned)", "split": case.get("split", "dev"),
+                     "final_check": info.get("final_check")})
     return rows
