@@ -14,7 +14,9 @@ Variants (each one `SanitizeConfig` change, everything else at the defaults):
 - ``sage``, ``gat``: GraphSAGE or GAT layers instead of GraphConv;
 - ``ppo``: PPO (4 clipped steps per batch of rewards) instead of REINFORCE;
 - ``until_probes_cut``: the search's rounds also go on while the chosen mask leaves the probes' held-out success
-  at half or more of what it was (``SearchConfig.until_probes_cut``, an experiment; not a learning variant);
+  at half or more of what it was (``SearchConfig.until_probes_cut``, an experiment; not a learning variant). A
+  round marked ``+`` in "chosen from" is one after which the default would have stopped: a draw without one ran
+  exactly as the default does (same seed, same machine);
 - ``untrained``: no training steps: the decision gets only the warm-started policy's ranking and the signal
   masks, so what the other variants gain over it is what learning from onnxruntime's rewards adds.
 

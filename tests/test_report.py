@@ -52,6 +52,11 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     assert sum(detail["pruned"]) == max(r["pruned"] for r in report["pruned"]["per_layer_counts"])
     assert detail["graph"]["edges"] and any(n["pruned"] for n in detail["graph"]["nodes"])
     assert {r["round"] for r in report["reward_curve"]} == set(range(len(report["rounds"])))
+    # every round says whether its mask cut the probes; the default never goes on past a round the re-check cleared
+    assert all(isinstance(r["probes_cut"], bool) and 0 <= r["holdout_probe_asr_unpruned"] <= 1
+               for r in report["rounds"])
+    assert not any(r.get("went_on_as_probes_not_cut") for r in report["rounds"])
+    assert all(r["backdoor_still_found"] for r in report["rounds"][:-1])
     assert report["audit"]["attack_success_rate"]["after"] < report["audit"]["attack_success_rate"]["before"]
 
 

@@ -375,7 +375,9 @@ def onp_rows_from_json(payload: dict) -> list[dict]:
                      "detector": info.get("detector"), "asr": 100 * row["asr"],
                      "drop": 100 * (case["before"]["ca"] - row["ca"]), "der": 100 * row["der"],
                      "groups": row["pruned_groups"], "seconds": row["seconds"],
-                     "chosen": ", ".join(str(r.get("chosen_from")) for r in info.get("rounds", []))
+                     # "+": the round after it ran only because until_probes_cut went on (the default stops)
+                     "chosen": ", ".join(str(r.get("chosen_from")) + ("+" if r.get("went_on_as_probes_not_cut")
+                                                                         else "") for r in info.get("rounds", []))
                      or "(nothing pruned)", "split": case.get("split", "dev"),
                      "final_check": info.get("final_check")})
     return rows

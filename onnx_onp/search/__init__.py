@@ -112,11 +112,16 @@ def run_search(ctx, detection, detector, built) -> SearchResult:
             new_probes += added
             record.update(noted)
         ctx.timer.lap("resynthesis")
-        rounds.append({**record, "backdoor_still_found": recheck.found})
+        # Recorded on every run, so one run with until_probes_cut tells where the default would have stopped.
+        probes_cut = _probes_cut(ctx, hold_env, decision)
+        rounds.append({**record, "holdout_probe_asr_unpruned": hold_env.asr0, "probes_cut": probes_cut,
+                       "backdoor_still_found": recheck.found})
         ctx.progress.note(f"{step}: {int(mask.sum())} groups pruned; re-synthesized trigger "
                           f"{'still found' if recheck.found else 'no longer found'}")
-        if not recheck.found and (not search.until_probes_cut or _probes_cut(ctx, hold_env, decision)):
-            break
+        if not recheck.found:
+            if not search.until_probes_cut or probes_cut:
+                break
+            rounds[-1]["went_on_as_probes_not_cut"] = True  # the default stops here
         probes.extend(new_probes)
     return SearchResult(mask, probes, rounds, reward_curve, first, train_env, hold_env, decision)
 
