@@ -40,7 +40,7 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     result, paths = tiny_sanitized
     report = json.loads(paths["json"].read_text())
     validate_report(report)
-    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.17"}
+    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.18"}
     assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
     assert report["resume"]["runs_resumed"] > 0 and report["resume"]["levels"] > 0  # on by default on the CPU
     assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0
@@ -211,7 +211,10 @@ def test_report_command_rebuilds_the_html_and_refuses_bad_input(tiny_sanitized, 
     saved = tiny_sanitized[1]["json"]
     result = _run(["report", saved, "-o", tmp_path / "again.html"])
     assert result.exit_code == 0, result.output
-    assert "Verdict: backdoor suspected" in (tmp_path / "again.html").read_text()
+    page = (tmp_path / "again.html").read_text()
+    assert "Verdict: backdoor suspected" in page
+    first = json.loads(saved.read_text())["rounds"][0]  # the rounds table shows the probes unpruned -> pruned
+    assert f"{100 * first['holdout_probe_asr_unpruned']:.2f}% → {100 * first['holdout_asr_synthesized']:.2f}%" in page
     (tmp_path / "junk.json").write_text("{not json")
     broken = json.loads(saved.read_text())
     del broken["verdict"]

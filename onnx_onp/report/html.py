@@ -253,8 +253,19 @@ def _recheck(round_record: dict) -> str:
     if "reperturbed_share" in round_record:
         return f"perturbation sends {100 * round_record['reperturbed_share']:.1f}% to the target"
     keys = [k for k in round_record if k not in ("round", "pruned_groups", "chosen_from", "holdout_ca",
-                                                 "holdout_asr_synthesized", "backdoor_still_found")]
+                                                 "holdout_asr_synthesized", "backdoor_still_found",
+                                                 "holdout_probe_asr_unpruned", "probes_cut",
+                                                 "went_on_as_probes_not_cut")]
     return _e(", ".join(f"{k} {round_record[k]}" for k in keys)) or "-"
+
+
+def _probes(round_record: dict) -> str:
+    """The probes' held-out ASR, unpruned -> with the round's mask (reports before 1.18 lack the first)."""
+    after = _pct(round_record.get("holdout_asr_synthesized"))
+    if round_record.get("holdout_probe_asr_unpruned") is None:
+        return after
+    return f"{_pct(round_record['holdout_probe_asr_unpruned'])} → {after}" + (
+        "" if round_record.get("probes_cut", True) else " (not cut to half)")
 
 
 def _figure(src: str | None, alt: str, caption: str) -> str:
@@ -435,10 +446,10 @@ def render_html(report: dict) -> str:
         parts.append("<h3>Pruned units</h3>" + _table(rows, header=("layer", "units")))
         if report.get("rounds"):
             parts.append("<h3>Rounds</h3>" + _table(
-                [(r["round"] + 1, r["pruned_groups"], _pct(r.get("holdout_ca")), _recheck(r),
+                [(r["round"] + 1, r["pruned_groups"], _pct(r.get("holdout_ca")), _probes(r), _recheck(r),
                   "yes" if r["backdoor_still_found"] else "no") for r in report["rounds"]],
-                header=("round", "groups pruned so far", "held-out CA", "the detector again on the pruned model",
-                        "backdoor still found"), numeric=(0, 1)))
+                header=("round", "groups pruned so far", "held-out CA", "probes' held-out ASR",
+                        "the detector again on the pruned model", "backdoor still found"), numeric=(0, 1)))
         if report.get("pruned_back", {}).get("restored"):
             back = report["pruned_back"]
             parts.append(f"<p>Given back after the rounds (the probe did not need them; clean accuracy on the "

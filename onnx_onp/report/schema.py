@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.17"  # 1.14: max_margin (the fourth detector); 1.15: unconfirmed_suspicion;
+SCHEMA_VERSION = "1.18"  # 1.14: max_margin (the fourth detector); 1.15: unconfirmed_suspicion;
 # 1.16: final_check.cannot_show_gone, residual_evidence[].conclusive; 1.17: cannot_show_gone no longer written (its
-# rule was prompted by test-split records and was undone; it was optional, so 1.x readers already handle it absent)
+# rule was prompted by test-split records and was undone; it was optional, so 1.x readers already handle it absent);
+# 1.18: rounds[].holdout_probe_asr_unpruned, probes_cut, went_on_as_probes_not_cut (optional: 1.17 reports lack them)
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -138,7 +139,15 @@ REPORT_SCHEMA = {
             "type": "object", "required": ["round", "pruned_groups"],
             "properties": {"chosen_from": {"enum": ["agent sample", "policy ranking", "signal mask", "signal walk",
                                                     None],
-                                           "description": "which candidate the round's decision took"}}}},
+                                           "description": "which candidate the round's decision took"},
+                           "holdout_probe_asr_unpruned": {**_share, "description": "the round's probes' held-out "
+                                                          "success on the unpruned model"},
+                           "probes_cut": {"type": "boolean", "description": "the round's mask cut the probes' held-out "
+                                          "success below the final check's residual ratio of it (or it was too weak "
+                                          "to tell)"},
+                           "went_on_as_probes_not_cut": {"type": "boolean", "description": "the search went on after "
+                                                         "this round only because its mask did not cut the probes "
+                                                         "(SearchConfig.until_probes_cut)"}}}},
         "blend_probe": {"type": "object", "required": ["alpha", "success", "used"],
                         "description": "a whole-image pattern blended in at alpha towards the suspect; used as a "
                                        "probe only when it sends enough other classes' images there",
