@@ -152,3 +152,33 @@ def test_check_reliability_keeps_the_latest_record_and_counts_false_passes_and_r
     assert summary(list(pairs.values())).startswith(
         "3 pairs: bound within budget on 2, of them test drop over budget on 1 (false pass); bound over budget on "
         "1, of them test drop within budget on 1 (needless refusal)")
+
+
+def test_until_probes_cut_check_pairs_each_run_with_the_defaults_on_the_same_cpu(tmp_path):
+    """`python -m benchmarks.until_probes_cut_check`: a run with no round marked is the default's own (and a bench
+    record of the same CPU must agree); a marked one is paired with the default's record; other CPUs never count."""
+    import json
+
+    from benchmarks.until_probes_cut_check import lines, pairs
+
+    def case(draw, asr, ca, marks, status):
+        rounds = [{"round": i, "probes_cut": not m, **({"went_on_as_probes_not_cut": True} if m else {})}
+                  for i, m in enumerate(marks)]
+        return {"name": "m", "draw": draw, "split": "dev", "before": {"asr": 0.9, "ca": 0.8},
+                "rows": [{"defense": "onp", "status": status, "asr": asr, "ca": ca, "info": {"rounds": rounds}}]}
+
+    experiment = [case(0, 0.02, 0.79, [False], "sanitized"), case(1, 0.05, 0.77, [True, False], "cannot sanitize"),
+                  case(2, 0.04, 0.78, [True, False], "sanitized")]
+    (tmp_path / "agent_ablation_x.json").write_text(json.dumps(
+        {"machine": {"cpu": "CPU A"}, "runs": {"until_probes_cut": {"cases": experiment}}}))
+    (tmp_path / "dev_m.json").write_text(json.dumps({"machine": {"cpu": "CPU A"}, "cases": [
+        case(0, 0.02, 0.79, [False], "sanitized"), case(1, 0.85, 0.80, [False], "no backdoor evidence")]}))
+    (tmp_path / "test_m.json").write_text(json.dumps({"machine": {"cpu": "CPU B"}, "cases": [
+        case(2, 0.01, 0.80, [False], "sanitized")]}))
+    found = {new["draw"]: old for new, old in pairs("dev", tmp_path)}
+    assert found[0]["source"].startswith("the same run") and "dev_m.json agrees" in found[0]["source"]
+    assert found[1]["source"] == "dev_m.json" and found[1]["asr"] == 0.85
+    assert found[2] is None  # only another CPU's record: not comparable
+    text = "\n".join(lines("dev", tmp_path))
+    assert "| gate misses (sanitized or no evidence at ASR > 20%) | 1 | 0 |" in text
+    assert "2 (model, draw) pairs with both rows; 1 where until_probes_cut went on" in text
