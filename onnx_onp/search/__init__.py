@@ -36,7 +36,8 @@ class SearchConfig:
     # signal_walk_masks): groups looked at per signal and round (None: no walk).
     signal_walk: int | None = 48
     # Also go on to the next round while the chosen mask leaves the probes' held-out success at or above the final
-    # check's residual ratio of what it was, even when the re-check no longer finds the backdoor. An experiment,
+    # check's residual ratio of what it was, even when the re-check no longer finds the backdoor (and the round added
+    # groups: one that found nothing more to prune within the budget ends them). An experiment,
     # off by default: an amplification suspicion's re-check is trigger re-synthesis, which never finds SIG, so
     # such runs stop after one round whatever it achieved (dev resnet18_sig_cifar10, draw 2: the probe went only
     # 83% -> 75%, the suspicion went unconfirmed and a 90% backdoor was reported as no evidence).
@@ -90,6 +91,7 @@ def run_search(ctx, detection, detector, built) -> SearchResult:
             first = (trained.probabilities, signals, graphs)
         ctx.progress.stage(f"{step}: choosing the mask on held-out data")
         decide = config.decide
+        pruned_before = int(mask.sum())
         walked = None if search.signal_walk is None else signal_walk_masks(
             train_env, nmap, signals, max_drop=decide.pooled_ca_share * decide.max_ca_drop,
             max_groups=search.signal_walk, exclude=pruned_so_far)
@@ -119,7 +121,9 @@ def run_search(ctx, detection, detector, built) -> SearchResult:
         ctx.progress.note(f"{step}: {int(mask.sum())} groups pruned; re-synthesized trigger "
                           f"{'still found' if recheck.found else 'no longer found'}")
         if not recheck.found:
-            if not search.until_probes_cut or probes_cut:
+            # A round that added no group ends the experiment's extra rounds too: on dev resnet18_clean_cifar10_seed1
+            # (all three draws) five more rounds each found nothing within the budget and only tripled the run time.
+            if not search.until_probes_cut or probes_cut or int(mask.sum()) == pruned_before:
                 break
             rounds[-1]["went_on_as_probes_not_cut"] = True  # the default stops here
         probes.extend(new_probes)
