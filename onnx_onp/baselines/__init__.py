@@ -56,6 +56,8 @@ def _onp(lm, nmap, data, *, evaluator=None, config=None) -> DefenseResult:
             "blend_probe", "noise_probe", "clean_accuracy_holdout", "rounds", "pruned_back", "evaluations", "resume",
             "final_check", "defense_data", "within_budget")
     info = {k: report[k] for k in keys if k in report}
+    # Which search setting ran: records compare settings (benchmarks/until_probes_cut_check.py) by it
+    info["search_settings"] = {"until_probes_cut": report["config"]["search"]["until_probes_cut"]}
     total = sum(timer.phases.values())
     runtime = evaluator.seconds_in_runtime - in_runtime
     info["seconds"] = {"total": round(total, 2), **timer.phases, "onnxruntime": round(runtime, 2),
