@@ -14,9 +14,12 @@ Variants (each one `SanitizeConfig` change, everything else at the defaults):
 - ``sage``, ``gat``: GraphSAGE or GAT layers instead of GraphConv;
 - ``ppo``: PPO (4 clipped steps per batch of rewards) instead of REINFORCE;
 - ``until_probes_cut``: the search's rounds also go on while the chosen mask leaves the probes' held-out success
-  at half or more of what it was (``SearchConfig.until_probes_cut``, an experiment; not a learning variant). A
-  round marked ``+`` in "chosen from" is one after which the default would have stopped: a draw without one ran
-  exactly as the default does (same seed, same machine);
+  at half or more of what it was (``SearchConfig.until_probes_cut``; the default since the dev comparison in
+  ``benchmarks/results/until_probes_cut_dev.txt``, so now the same as ``graphconv``; not a learning variant). A
+  round marked ``+`` in "chosen from" is one after which ``stop_when_cleared`` would have stopped: a draw without
+  one ran exactly as that setting does (same seed, same machine);
+- ``stop_when_cleared``: ``until_probes_cut`` off: the rounds stop at the first mask after which re-synthesis no
+  longer finds the backdoor, whatever the probes' held-out success (the default before it was switched on);
 - ``untrained``: no training steps: the decision gets only the warm-started policy's ranking and the signal
   masks, so what the other variants gain over it is what learning from onnxruntime's rewards adds.
 
@@ -47,6 +50,7 @@ VARIANTS = {
     "ppo": override(SanitizeConfig(), {"search.train": TrainConfig(algorithm="ppo")}),
     "untrained": override(SanitizeConfig(), {"search.train": TrainConfig(steps=0)}),
     "until_probes_cut": override(SanitizeConfig(), {"search.until_probes_cut": True}),
+    "stop_when_cleared": override(SanitizeConfig(), {"search.until_probes_cut": False}),
 }
 
 

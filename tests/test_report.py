@@ -52,11 +52,14 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     assert sum(detail["pruned"]) == max(r["pruned"] for r in report["pruned"]["per_layer_counts"])
     assert detail["graph"]["edges"] and any(n["pruned"] for n in detail["graph"]["nodes"])
     assert {r["round"] for r in report["reward_curve"]} == set(range(len(report["rounds"])))
-    # every round says whether its mask cut the probes; the default never goes on past a round the re-check cleared
+    # every round says whether its mask cut the probes; a round before the last either still found the backdoor or,
+    # cleared by the re-check, left the probes uncut (until_probes_cut, the default) and says so
     assert all(isinstance(r["probes_cut"], bool) and 0 <= r["holdout_probe_asr_unpruned"] <= 1
                for r in report["rounds"])
-    assert not any(r.get("went_on_as_probes_not_cut") for r in report["rounds"])
-    assert all(r["backdoor_still_found"] for r in report["rounds"][:-1])
+    for r in report["rounds"][:-1]:
+        went_on = bool(r.get("went_on_as_probes_not_cut"))
+        assert r["backdoor_still_found"] != went_on and (not went_on or not r["probes_cut"])
+    assert not report["rounds"][-1].get("went_on_as_probes_not_cut")
     assert report["audit"]["attack_success_rate"]["after"] < report["audit"]["attack_success_rate"]["before"]
 
 

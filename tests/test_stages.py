@@ -171,4 +171,4 @@ def test_rounds_until_probes_cut_uses_the_final_checks_rule_of_gone():
     assert _probes_cut(ctx, SimpleNamespace(asr0=0.83), chosen(0.40))
     assert not _probes_cut(ctx, SimpleNamespace(asr0=0.83), SimpleNamespace(holdout=None))  # nothing chosen
     assert _probes_cut(ctx, SimpleNamespace(asr0=0.30), SimpleNamespace(holdout=None))  # too weak to tell
-    assert SanitizeConfig().search.until_probes_cut is False  # an experiment: the default is unchanged
+    assert SanitizeConfig().search.until_probes_cut is True  # on since the dev split's on/off comparison

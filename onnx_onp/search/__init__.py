@@ -37,11 +37,13 @@ class SearchConfig:
     signal_walk: int | None = 48
     # Also go on to the next round while the chosen mask leaves the probes' held-out success at or above the final
     # check's residual ratio of what it was, even when the re-check no longer finds the backdoor (and the round added
-    # groups: one that found nothing more to prune within the budget ends them). An experiment,
-    # off by default: an amplification suspicion's re-check is trigger re-synthesis, which never finds SIG, so
-    # such runs stop after one round whatever it achieved (dev resnet18_sig_cifar10, draw 2: the probe went only
-    # 83% -> 75%, the suspicion went unconfirmed and a 90% backdoor was reported as no evidence).
-    until_probes_cut: bool = False
+    # groups: one that found nothing more to prune within the budget ends them). Why: an amplification suspicion's
+    # re-check is trigger re-synthesis, which never finds SIG, so without it such runs stop after one round whatever
+    # it achieved (dev resnet18_sig_cifar10, draw 2: the probe went only 83% -> 75% and a 90% backdoor was reported
+    # as no evidence). On by default since the dev split's 45 (model, draw) pairs, on vs off on one CPU: gate misses
+    # 1 -> 0, mean backdoored ASR 22.75 -> 19.77%, clean flagged 4 -> 4 of 15, CA drop <= 2 on 24 -> 22 of 30
+    # (benchmarks/results/until_probes_cut_dev.txt). False: the ablation's stop_when_cleared variant.
+    until_probes_cut: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
@@ -114,7 +116,7 @@ def run_search(ctx, detection, detector, built) -> SearchResult:
             new_probes += added
             record.update(noted)
         ctx.timer.lap("resynthesis")
-        # Recorded on every run, so one run with until_probes_cut tells where the default would have stopped.
+        # Recorded on every run, so one run with until_probes_cut tells where stopping when cleared would have stopped.
         probes_cut = _probes_cut(ctx, hold_env, decision)
         rounds.append({**record, "holdout_probe_asr_unpruned": hold_env.asr0, "probes_cut": probes_cut,
                        "backdoor_still_found": recheck.found})
@@ -125,7 +127,7 @@ def run_search(ctx, detection, detector, built) -> SearchResult:
             # (all three draws) five more rounds each found nothing within the budget and only tripled the run time.
             if not search.until_probes_cut or probes_cut or int(mask.sum()) == pruned_before:
                 break
-            rounds[-1]["went_on_as_probes_not_cut"] = True  # the default stops here
+            rounds[-1]["went_on_as_probes_not_cut"] = True  # until_probes_cut off stops here
         probes.extend(new_probes)
     return SearchResult(mask, probes, rounds, reward_curve, first, train_env, hold_env, decision)
 
