@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -42,23 +45,39 @@ def cifar_labels(n: int) -> np.ndarray:
 
 
 TINY = FIXTURES / "models" / "tiny_badnet_cifar10"
+DEFENSE_SAMPLE = FIXTURES / "data" / "cifar10_defense_sample.npz"  # the README's --data
 
 
 @pytest.fixture(scope="session")
 def tiny_sanitized(tmp_path_factory):
-    """One `onnx-onp sanitize` of the committed tiny BadNets fixture, shared by the ONP and report tests.
+    """One `onnx-onp sanitize` of the committed tiny BadNets fixture, shared by the ONP, report and README tests.
 
-    Clean training data only decides; --spec and --test-data only add the audit numbers. --fail-on never: the
-    pruned model is written whatever the outcome, so the tests can measure what the mask does.
+    The README's first command (the shipped 500-image sample, which holds exactly the default draw of
+    ../shared/data/cifar10_train.npz: test_examples checks that), plus what the tests read: --report, and
+    --test-data, which only adds the audit numbers. --fail-on never: the pruned model is written whatever the
+    outcome, so the tests can measure what the mask does. The run takes about a minute, so it happens once per
+    test session: under pytest-xdist the first worker that needs it runs it and the others read its files.
+    Returns (the run's exit_code and output, the paths and the arguments).
     """
     from click.testing import CliRunner
 
     from onnx_onp_cli.main import main
 
-    folder = tmp_path_factory.mktemp("tiny_sanitized")
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the workers' base folders sit side by side in one session folder
+    folder = shared / "tiny_sanitized"
     paths = {"model": folder / "clean.onnx", "json": folder / "report.json", "html": folder / "report.html"}
-    result = CliRunner().invoke(main, [
-        "sanitize", str(need(TINY.with_suffix(".onnx"))), "--data", str(need(DATA / "cifar10_train.npz")),
-        "--spec", str(TINY.with_suffix(".json")), "--test-data", str(need(DATA / "cifar10_test.npz")),
-        "-o", str(paths["model"]), "--report", str(paths["json"]), "--html", str(paths["html"]), "--fail-on", "never"])
-    return result, paths
+    args = [  # the README's first command, then what the tests read
+        "sanitize", str(TINY.with_suffix(".onnx")), "--data", str(DEFENSE_SAMPLE),
+        "--spec", str(TINY.with_suffix(".json")), "-o", str(paths["model"]), "--html", str(paths["html"]),
+        "--test-data", str(need(DATA / "cifar10_test.npz")), "--report", str(paths["json"]), "--fail-on", "never"]
+    outcome = folder / "outcome.json"
+    with open(shared / "tiny_sanitized.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not outcome.exists():
+            folder.mkdir(exist_ok=True)
+            result = CliRunner().invoke(main, args)
+            outcome.write_text(json.dumps({"exit_code": result.exit_code, "output": result.output}))
+    return SimpleNamespace(**json.loads(outcome.read_text())), {**paths, "args": args}
+
