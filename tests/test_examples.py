@@ -38,16 +38,16 @@ def test_readme_first_command_runs_from_a_clone(tiny_sanitized):
     """
     from onnx_onp.report import gate_exit_code
 
+    _, paths = tiny_sanitized
     line = next(row for row in README.read_text().splitlines() if "&& onnx-onp sanitize " in row)
     readme_args = shlex.split(line.split("&& onnx-onp ", 1)[1])
-    args = tiny_sanitized[1]["args"]
+    args = paths["args"]
     assert len(args) > len(readme_args)
     for documented, ran in zip(readme_args, args):
         if documented.endswith((".onnx", ".json", ".npz")) and "/" in documented:  # an input the clone ships
             assert (REPO / documented).resolve() == Path(ran).resolve(), (documented, ran)
         elif documented not in ("clean.onnx", "report.html"):  # outputs go to the test's own folder
             assert documented == ran
-    result, paths = tiny_sanitized
     content = json.loads(paths["json"].read_text())
     assert content["defense_data"]["samples"] == DEFAULT_DATA_LIMIT
     assert content["pruned"]["per_layer"] and content["verdict"]["suspected_target"] == 0
