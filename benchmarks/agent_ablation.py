@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 
 from onnx_onp.agent import TrainConfig
@@ -116,7 +117,10 @@ def main(argv=None):
         for variant in variants:
             config = BenchConfig(defenses=("none", "onp"), defense_configs={"onp": replace(VARIANTS[variant])},
                                  draws=args.draws, test_limit=args.test_limit)
-            result = run_bench([one], config)
+            # Each row to stderr as soon as it is measured: a run cut off between draws still shows what it found.
+            result = run_bench([one], config, on_row=lambda row, variant=variant: print(
+                f"measured: {variant} {row.case} draw {row.draw} {row.defense} status={row.status} CA={row.ca:.2f} "
+                f"ASR={row.asr} seconds={row.seconds:.0f}", file=sys.stderr, flush=True))
             payload = result_to_json(result, machine, command=f"benchmarks.agent_ablation --variants {variant} "
                                                               f"--draws {args.draws} --test-limit {args.test_limit}")
             if variant in runs:
