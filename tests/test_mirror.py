@@ -412,6 +412,29 @@ def test_mirror_gradients_flow_through_shape_arithmetic_and_quantization():
         assert x.grad is not None and x.grad.abs().sum() > 0, name
 
 
+def test_clip_keeps_clamps_values_and_gradient_bit_for_bit():
+    """The mirror's fast Clip (hardtanh's backward on bounds one float step out) is clamp exactly, the bounds
+    themselves included (clamp passes the gradient there, hardtanh does not): a search must not change with it."""
+    from onnx_onp.mirror.torch_mirror import _Clip
+
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(4000, generator=torch.Generator().manual_seed(0), dtype=dtype) * 4
+        x[:20], x[20:40] = 0.0, 6.0  # on the bounds
+        x[40:60] = torch.nextafter(torch.tensor(6.0, dtype=dtype), torch.tensor(7.0, dtype=dtype))  # just outside
+        x[60:80] = torch.nextafter(torch.tensor(0.0, dtype=dtype), torch.tensor(-1.0, dtype=dtype))
+        grad = torch.randn(4000, generator=torch.Generator().manual_seed(1), dtype=dtype)
+        results = []
+        for clip in (lambda v: _Clip.apply(v, 0.0, 6.0),
+                     lambda v: torch.clamp(v, min=torch.tensor(0.0, dtype=dtype), max=torch.tensor(6.0, dtype=dtype))):
+            leaf = x.clone().requires_grad_(True)
+            out = clip(leaf)
+            out.backward(grad)
+            results.append((out.detach(), leaf.grad))
+        (fast, fast_grad), (clamp, clamp_grad) = results
+        assert torch.equal(fast, clamp) and torch.equal(fast_grad, clamp_grad)
+        assert fast_grad[:40].abs().sum() > 0 and fast_grad[40:80].abs().sum() == 0  # the bounds pass, outside not
+
+
 def test_an_unsupported_op_is_named_in_one_line_before_any_work(tmp_path):
     lm = load_model_proto(lp_pool_cnn())
     with pytest.raises(UnsupportedModelError, match=r"^the torch mirror does not support LpPool$"):

@@ -187,12 +187,20 @@ class WrittenModel:
     pruned_neurons: dict[str, list[int]]
 
 
-def write_model(model: onnx.ModelProto, path: Path) -> None:
-    """Save atomically: a crash or a failed check never leaves a half-written file at ``path``."""
+def fits_one_file(model: onnx.ModelProto) -> bool:
+    """Whether the weights stay inside the .onnx file (else they go to a data file beside it)."""
+    return sum(t.ByteSize() for t in model.graph.initializer) <= _EXTERNAL_DATA_THRESHOLD
+
+
+def write_model(model: onnx.ModelProto, path: Path, *, serialized: bytes | None = None) -> None:
+    """Save atomically: a crash or a failed check never leaves a half-written file at ``path``.
+
+    ``serialized``: the model's bytes when the caller has them already (the export check's session was built from
+    them), so that a large model is not serialized a second time."""
     path = Path(path)
-    if sum(t.ByteSize() for t in model.graph.initializer) <= _EXTERNAL_DATA_THRESHOLD:
+    if fits_one_file(model):
         with atomic_output(path) as tmp:
-            onnx.save_model(model, tmp)
+            Path(tmp).write_bytes(serialized if serialized is not None else model.SerializeToString())
         return
     # The weights go to a data file beside the model, written first: removed again if the model is not
     # written (failure, Ctrl-C), and removed with the model if the run is interrupted later.
@@ -231,7 +239,10 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
         check_inputs = rng.standard_normal((count,) + tuple(lm.probe_input_shape[1:])).astype(np.float32)
     evaluator = evaluator or MaskedEvaluator(lm, nmap, provider=provider)
     expected = evaluator.logits(check_inputs, pruned)
-    session, used = make_session(model, provider, what=f"{out_path} (pruned)")
+    # Serialized once, for the check's session and for the file (a 100 MB model took seconds per serialization).
+    serialized = model.SerializeToString() if fits_one_file(model) else None
+    session, used = make_session(serialized if serialized is not None else model, provider,
+                                 what=f"{out_path} (pruned)")
     batch = lm.batch_within_memory(256)
     got = np.concatenate([_run_batch(session, lm, check_inputs[i:i + batch])
                           for i in range(0, len(check_inputs), batch)]).reshape(expected.shape)
@@ -239,7 +250,8 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
     if not diff <= tolerance:
         raise OutputError(f"{out_path}: not written: the {'shrunk' if shrink else 'zeroed'} model differs from "
                           f"the masked evaluation by {diff:.3g} (tolerance {tolerance:g})")
-    write_model(model, out_path)
+    del session  # its copy of the weights is not needed while the file is written
+    write_model(model, out_path, serialized=serialized)
     before = Path(lm.path).stat().st_size if lm.path is not None else lm.model.ByteSize()
     return WrittenModel(path=out_path, shrunk=shrink, max_abs_diff=diff, check_samples=len(check_inputs),
                         bytes_before=before, bytes_after=out_path.stat().st_size, provider=used,
