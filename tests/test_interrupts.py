@@ -90,13 +90,14 @@ def test_interrupt_while_prune_writes_leaves_no_temporary(case, monkeypatch):
     import onnx_onp.export.export as export
 
     model, data, out = case
-    real_save = onnx.save_model
+    real_save = export._save_bytes  # where a model under the external-data threshold is written
 
-    def save_then_interrupt(proto, path, *args, **kwargs):
-        real_save(proto, path, *args, **kwargs)  # the temporary is complete on disk ...
+    def save_then_interrupt(data, path):
+        real_save(data, path)  # the temporary is complete on disk ...
+        assert Path(path).stat().st_size == len(data) > 0
         raise KeyboardInterrupt  # ... and Ctrl-C arrives before it is renamed into place
 
-    monkeypatch.setattr(export.onnx, "save_model", save_then_interrupt)
+    monkeypatch.setattr(export, "_save_bytes", save_then_interrupt)
     result = CliRunner().invoke(main, ["prune", str(model), "--neurons", "#0:0", "-o", str(out / "p.onnx")])
     assert result.exit_code == EXIT_INTERRUPTED, result.output
     assert list(out.iterdir()) == []

@@ -192,6 +192,11 @@ def fits_one_file(model: onnx.ModelProto) -> bool:
     return sum(t.ByteSize() for t in model.graph.initializer) <= _EXTERNAL_DATA_THRESHOLD
 
 
+def _save_bytes(data: bytes, path) -> None:
+    """A serialized model to a (temporary) file: what onnx.save_model writes for a model without external data."""
+    Path(path).write_bytes(data)
+
+
 def write_model(model: onnx.ModelProto, path: Path, *, serialized: bytes | None = None) -> None:
     """Save atomically: a crash or a failed check never leaves a half-written file at ``path``.
 
@@ -200,7 +205,7 @@ def write_model(model: onnx.ModelProto, path: Path, *, serialized: bytes | None 
     path = Path(path)
     if fits_one_file(model):
         with atomic_output(path) as tmp:
-            Path(tmp).write_bytes(serialized if serialized is not None else model.SerializeToString())
+            _save_bytes(serialized if serialized is not None else model.SerializeToString(), tmp)
         return
     # The weights go to a data file beside the model, written first: removed again if the model is not
     # written (failure, Ctrl-C), and removed with the model if the run is interrupted later.
