@@ -82,6 +82,23 @@ def test_prune_zeroed_and_shrunk(lenet, clean_npz, tmp_path):
     assert _sha(lenet) == before
 
 
+def test_prune_writes_the_bytes_onnx_save_model_would(lenet, tmp_path):
+    """Export serializes once and writes those bytes itself: the file must be what onnx.save_model writes."""
+    from onnx_onp.export import zeroed_model
+    from onnx_onp.load import load_model
+    from onnx_onp.neuron_map import build_neuron_map
+
+    out = tmp_path / "p.onnx"
+    assert run("prune", lenet, "--neurons", "#2:0,1,2;#3:5", "-o", out).exit_code == 0
+    lm = load_model(str(lenet))
+    nmap = build_neuron_map(lm)
+    from onnx_onp_cli.main import parse_neurons
+
+    mask = nmap.mask_from_neurons(parse_neurons("#2:0,1,2;#3:5"))
+    onnx.save_model(zeroed_model(lm, nmap, mask), tmp_path / "reference.onnx")
+    assert out.read_bytes() == (tmp_path / "reference.onnx").read_bytes()
+
+
 def test_prune_mask_file_formats(lenet, tmp_path):
     layer = json.loads(run("inspect", lenet, "--json").output)["layers"][3]["name"]
     (tmp_path / "m.json").write_text(json.dumps({"pruned": {layer: [1, 2]}}))

@@ -203,7 +203,7 @@ def write_model(model: onnx.ModelProto, path: Path, *, serialized: bytes | None 
     ``serialized``: the model's bytes when the caller has them already (the export check's session was built from
     them), so that a large model is not serialized a second time."""
     path = Path(path)
-    if fits_one_file(model):
+    if serialized is not None or fits_one_file(model):  # the caller serializes only a model that fits
         with atomic_output(path) as tmp:
             _save_bytes(serialized if serialized is not None else model.SerializeToString(), tmp)
         return
@@ -244,7 +244,7 @@ def export_pruned(lm: LoadedModel, nmap: NeuronMap, mask, out_path, *, shrink: b
         check_inputs = rng.standard_normal((count,) + tuple(lm.probe_input_shape[1:])).astype(np.float32)
     evaluator = evaluator or MaskedEvaluator(lm, nmap, provider=provider)
     expected = evaluator.logits(check_inputs, pruned)
-    # Serialized once, for the check's session and for the file (a 100 MB model took seconds per serialization).
+    # Serialized once, for the check's session and for the file.
     serialized = model.SerializeToString() if fits_one_file(model) else None
     session, used = make_session(serialized if serialized is not None else model, provider,
                                  what=f"{out_path} (pruned)")
