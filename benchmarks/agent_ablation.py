@@ -3,6 +3,7 @@ all, on the same cases, defense data and test data in one run.
 
     python -m benchmarks.agent_ablation --json benchmarks/results/agent_ablation.json
     python -m benchmarks.agent_ablation --cases NAME,... --variants graphconv,untrained --draws 3 --test-limit 2000
+    python -m benchmarks.agent_ablation --cases NAME --draws 3 --json RUN.json --resume   # only the draws not in RUN.json
     python -m benchmarks.agent_ablation --summarize benchmarks/results/agent_ablation_test.json [MORE.json ...]
 
 With ``--draws 3`` every case runs on the three draws of the defense data (seeds 0, 1, 2), as the test split's
@@ -32,12 +33,16 @@ rows together), so every number in a note or the README comes from a command.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
 import sys
+import time
 from dataclasses import replace
 
 from onnx_onp.agent import TrainConfig
 from onnx_onp.bench import BenchConfig, discover_cases, machine_info, run_bench
+from onnx_onp.bench.harness import BenchResult
 from onnx_onp.bench.report import onp_rows_from_json, result_to_json
 from onnx_onp.files import atomic_write_text
 from onnx_onp.config import override
@@ -95,21 +100,50 @@ def summarize(paths: list[str]) -> None:
     print("\n".join([f"# python -m benchmarks.agent_ablation --summarize {' '.join(paths)}", HEADER, *map(row_line, rows), "", *summary_lines(rows)]))
 
 
+def done_draws(runs: dict) -> set[tuple[str, str, int]]:
+    """(variant, case, draw) of every error-free case entry in a saved --json file's runs."""
+    return {(variant, case["name"], case["draw"]) for variant, payload in runs.items()
+            for case in payload.get("cases", []) if not case.get("error")}
+
+
+def merge_cases(earlier: dict | None, payload: dict) -> dict:
+    """``payload`` (one variant's run on one case so far) added to that variant's earlier entry, a (case, draw)
+    measured again replacing its earlier entry; cases in name and draw order."""
+    if earlier is None:
+        return payload
+    fresh = {(c["name"], c["draw"]) for c in payload["cases"]}
+    cases = [c for c in earlier["cases"] if (c["name"], c["draw"]) not in fresh] + payload["cases"]
+    return {**earlier, "cases": sorted(cases, key=lambda c: (c["name"], c["draw"])),
+            "seconds": earlier["seconds"] + payload["seconds"]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=ATTACKS)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--draws", type=int, default=1, help="defense-data draws per case (seeds 0 ..)")
     parser.add_argument("--test-limit", type=int, default=None, help="test images per case (default: all)")
-    parser.add_argument("--json", help="write every run's rows here")
+    parser.add_argument("--json", help="write every run's rows here (again after every draw)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the (variant, case, draw)s already in --json and run only the others")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the tables from saved --json files")
     args = parser.parse_args(argv)
     if args.summarize:
         return summarize(args.summarize)
+    if args.resume and not args.json:
+        parser.error("--resume needs --json")
     cases = discover_cases(args.cases)
     machine = machine_info()
     variants = args.variants.split(",")
     runs: dict[str, dict] = {}
+    if args.resume and os.path.exists(args.json):
+        saved = json.load(open(args.json))
+        if saved.get("machine", {}).get("cpu") != machine.get("cpu"):
+            # Results differ between CPUs (same code and seed): one file holds one machine's runs.
+            sys.exit(f"--resume: {args.json} was measured on {saved.get('machine', {}).get('cpu')}, "
+                     f"this is {machine.get('cpu')}")
+        runs = saved["runs"]
+    done = done_draws(runs)
     measured: list[dict] = []
     print(HEADER)
     # Case by case, every variant on it before the next case: a run cut short still compares like with like.
@@ -117,22 +151,30 @@ def main(argv=None):
         for variant in variants:
             config = BenchConfig(defenses=("none", "onp"), defense_configs={"onp": replace(VARIANTS[variant])},
                                  draws=args.draws, test_limit=args.test_limit)
+            command = f"benchmarks.agent_ablation --variants {variant} --draws {args.draws} " \
+                      f"--test-limit {args.test_limit}"
+            earlier = runs.get(variant)
+            so_far: list = []
+            started, clock = datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time.perf_counter()
+
+            def save(case_result, variant=variant, earlier=earlier, so_far=so_far, started=started, clock=clock):
+                """After every draw, so that a run cut short keeps each draw it finished."""
+                so_far.append(case_result)
+                partial = BenchResult(config=config, cases=list(so_far), seconds=time.perf_counter() - clock,
+                                      started=started)
+                runs[variant] = merge_cases(earlier, result_to_json(partial, machine, command=command))
+                if args.json:
+                    atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
+
             # Each row to stderr as soon as it is measured: a run cut off between draws still shows what it found.
-            result = run_bench([one], config, on_row=lambda row, variant=variant: print(
+            result = run_bench([one], config, on_result=save,
+                               skip=lambda case, draw, variant=variant: (variant, case.name, draw) in done,
+                               on_row=lambda row, variant=variant: print(
                 f"measured: {variant} {row.case} draw {row.draw} {row.defense} status={row.status} CA={row.ca:.2f} "
                 f"ASR={row.asr} seconds={row.seconds:.0f}", file=sys.stderr, flush=True))
-            payload = result_to_json(result, machine, command=f"benchmarks.agent_ablation --variants {variant} "
-                                                              f"--draws {args.draws} --test-limit {args.test_limit}")
-            if variant in runs:
-                runs[variant]["cases"] += payload["cases"]
-                runs[variant]["seconds"] += payload["seconds"]
-            else:
-                runs[variant] = payload
-            for row in onp_rows(variant, payload):
+            for row in onp_rows(variant, result_to_json(result, machine, command=command)):
                 measured.append(row)
                 print(row_line(row), flush=True)
-            if args.json:  # after every case and variant, so a run cut short keeps what it measured
-                atomic_write_text(args.json, json.dumps({"machine": machine, "runs": runs}, indent=1) + "\n")
     print("\n" + "\n".join(summary_lines(measured)))
 
 

@@ -452,3 +452,31 @@ def test_draws_from_a_pool_no_larger_than_one_draw_are_refused():
                        on_error=lambda c, exc: seen.append(str(exc)))
     assert len(result.cases) == 1 and "would all be the same data" in result.cases[0].error
     assert seen == ["3 draws of 500 images from a pool of 500 would all be the same data"]
+
+
+def test_run_bench_hands_over_each_draw_as_finished_and_skips_the_done_ones():
+    """A long benchmark saves after every draw and a resumed one runs only the draws it lacks."""
+    from onnx_onp.bench import BenchConfig, run_bench
+
+    case = discover_cases("tiny_badnet_cifar10")[0]
+    finished = []
+    result = run_bench([case], BenchConfig(defenses=("none",), draws=3, test_limit=50),
+                       on_result=lambda r: finished.append((r.draw, len(r.rows))),
+                       skip=lambda c, draw: c.name == case.name and draw == 1)
+    assert [r.draw for r in result.cases] == [0, 2]
+    assert finished == [(0, 1), (2, 1)]
+
+
+def test_agent_ablation_resume_keeps_earlier_draws_and_replaces_a_draw_measured_again():
+    from benchmarks.agent_ablation import done_draws, merge_cases
+
+    def entry(name, draw, error=None):
+        return {"name": name, "draw": draw, "error": error, "rows": [{"defense": "onp", "draw": draw}]}
+
+    earlier = {"cases": [entry("m", 0), entry("m", 2, error="DataError: x")], "seconds": 10.0}
+    assert done_draws({"v": earlier}) == {("v", "m", 0)}  # a draw that failed is not done
+    merged = merge_cases(earlier, {"cases": [entry("m", 2), entry("m", 1)], "seconds": 5.0})
+    assert [(c["name"], c["draw"], c["error"]) for c in merged["cases"]] == [("m", 0, None), ("m", 1, None),
+                                                                            ("m", 2, None)]
+    assert merged["seconds"] == 15.0
+    assert merge_cases(None, earlier) is earlier

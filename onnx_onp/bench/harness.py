@@ -278,9 +278,12 @@ def _draws_differ(case: Case, config: BenchConfig, splits: DataSplits) -> bool:
 def run_bench(cases: list[Case], config: BenchConfig, *, splits: DataSplits | None = None,
               on_start: Callable[[CaseResult], None] | None = None,
               on_row: Callable[[Row], None] | None = None,
-              on_error: Callable[[Case, OnpError], None] | None = None) -> BenchResult:
+              on_error: Callable[[Case, OnpError], None] | None = None,
+              on_result: Callable[[CaseResult], None] | None = None,
+              skip: Callable[[Case, int], bool] | None = None) -> BenchResult:
     """Every case in turn, once per draw. A case whose model or data fails (an ``OnpError``) is recorded once and
-    its other draws are skipped."""
+    its other draws are skipped. ``on_result`` gets each (case, draw)'s result as it is finished, so a long run
+    can save what it has; draws for which ``skip(case, draw)`` is true are not run (a resumed run's done ones)."""
     splits = splits or DataSplits()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     start = time.perf_counter()
@@ -292,14 +295,23 @@ def run_bench(cases: list[Case], config: BenchConfig, *, splits: DataSplits | No
             results.append(CaseResult(case=case, draw=config.seed, error=f"{type(exc).__name__}: {exc}"))
             if on_error:
                 on_error(case, exc)
+            if on_result:
+                on_result(results[-1])
             continue
         for draw in config.draw_seeds:
+            if skip and skip(case, draw):
+                continue
+            failed = None
             try:
                 results.append(run_case(case, config, splits=splits, on_start=on_start, on_row=on_row, draw=draw))
             except OnpError as exc:
+                failed = exc
                 results.append(CaseResult(case=case, draw=draw, error=f"{type(exc).__name__}: {exc}"))
                 if on_error:
                     on_error(case, exc)
+            if on_result:
+                on_result(results[-1])
+            if failed is not None:
                 break
     return BenchResult(config=config, cases=results, seconds=time.perf_counter() - start, started=started)
 
