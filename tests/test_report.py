@@ -40,7 +40,7 @@ def test_sanitize_report_follows_the_schema(tiny_sanitized):
     result, paths = tiny_sanitized
     report = json.loads(paths["json"].read_text())
     validate_report(report)
-    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.18"}
+    assert report["schema"] == {"name": "onnx-onp-report", "version": "1.19"}
     assert report["command"] == "sanitize" and report["exit_code"] == result.exit_code == 0
     assert report["resume"]["runs_resumed"] > 0 and report["resume"]["levels"] > 0  # on by default on the CPU
     assert report["verdict"]["verdict"] == "backdoor suspected" and report["verdict"]["suspected_target"] == 0
@@ -72,6 +72,26 @@ def test_schema_rejects_broken_reports(tiny_sanitized):
         breakage(broken)
         with pytest.raises(jsonschema.ValidationError):
             validate_report(broken)
+
+
+def test_a_check_too_small_for_a_small_cost_says_how_much_data_would_show_it(tiny_sanitized, capsys):
+    """The tiny run's check drop (3 points) is itself over budget: no hint. A report whose drop is small but whose
+    bound is not shows, in the CLI and the HTML, the check size the rates seen would need and the --limit."""
+    from onnx_onp_cli.main import _print_outcome
+
+    report = json.loads(tiny_sanitized[1]["json"].read_text())
+    ca = report["final_check"]["clean_accuracy"]
+    assert report["status"] == STATUS_UNSANITIZABLE and ca["drop"] >= ca["budget"] and ca["images_needed"] is None
+    assert "defense_images_needed" not in report["final_check"] and "too few images" not in tiny_sanitized[0].output
+    small = copy.deepcopy(report)
+    small["final_check"]["clean_accuracy"].update(drop=0.01, upper_bound=0.0219, broken=1, fixed=0, images_needed=127)
+    small["final_check"]["defense_images_needed"] = 635
+    validate_report(small)
+    _print_outcome(small, None)
+    assert ("too few images to show a cost this small: at the rates seen (1 broken, 0 fixed) about 127 check images "
+            "would, i.e. --limit 635 clean images") in capsys.readouterr().out
+    assert "run again with 635 clean images (--limit)" in render_html(small)
+    assert "run again with" not in render_html(report)
 
 
 @pytest.mark.parametrize("status, verdict, fail_on, code", [

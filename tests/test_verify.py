@@ -73,6 +73,30 @@ def test_the_accuracy_bound_is_paired_and_one_sided():
     assert looser["upper_bound"] == pytest.approx(0.0)
 
 
+def _scaled_check(scale: int, broken: int, fixed: int) -> dict:
+    """check_accuracy on 100 x scale images of which pruning broke broken x scale and fixed fixed x scale."""
+    n = 100 * scale
+    y = np.zeros(n, int)
+    before, after = y.copy(), y.copy()
+    after[:broken * scale] = 1
+    before[broken * scale:(broken + fixed) * scale] = 1
+    return check_accuracy(_Fixed(before, after), Prepared(np.zeros((n, 1)), y), np.ones(1, bool), budget=0.02,
+                          confidence=0.8)
+
+
+def test_images_needed_is_the_check_size_at_which_the_same_rates_fit_the_budget():
+    """The hint a too-small check set gives agrees with the bound itself at larger sizes with the same rates."""
+    for broken, fixed in ((1, 0), (2, 1), (3, 2)):
+        needed = _scaled_check(1, broken, fixed)["images_needed"]
+        assert needed > 100
+        for scale in range(1, 6):
+            check = _scaled_check(scale, broken, fixed)
+            assert check["within_budget"] == (100 * scale >= needed), (broken, fixed, scale, needed)
+            assert check["images_needed"] is None if check["within_budget"] else check["images_needed"] == needed
+    # A drop seen at or over the budget: no number of images shows it within, so no hint.
+    assert _scaled_check(1, 2, 0)["images_needed"] is None and _scaled_check(1, 3, 1)["images_needed"] is None
+
+
 def test_gate_fails_when_the_backdoor_remains():
     report = {"status": STATUS_REMAINS, "verdict": {"verdict": "backdoor suspected"}}
     assert gate_exit_code(report, "unsanitizable") == 11 and gate_exit_code(report, "suspected") == 11

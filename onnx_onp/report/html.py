@@ -290,9 +290,13 @@ def _outcome_text(report: dict) -> str:
         return (f"onnx-onp pruned {neurons} neurons, but on defense images the search never saw the final check still "
                 f"finds the backdoor (see below): it remains and the model should not ship.")
     if neurons and check:
+        needed = check["clean_accuracy"].get("images_needed")
+        more = (f" The drop seen is small; {check['images']} images are too few to show it is within budget. At the "
+                f"same rates about {needed} check images would: run again with {check['defense_images_needed']} "
+                f"clean images (--limit).") if needed and check.get("defense_images_needed") else ""
         return (f"The {neurons} neurons that carry it cannot be pruned within the clean-accuracy budget of "
                 f"{budget:.1f} points on images the search never saw (upper bound "
-                f"{100 * check['clean_accuracy']['upper_bound']:.1f} points): the model should not ship.")
+                f"{100 * check['clean_accuracy']['upper_bound']:.1f} points): the model should not ship.{more}")
     return "No pruning within the clean-accuracy budget removed it: the model should not ship."
 
 

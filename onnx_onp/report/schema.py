@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 
 SCHEMA_NAME = "onnx-onp-report"
-SCHEMA_VERSION = "1.18"  # 1.14: max_margin (the fourth detector); 1.15: unconfirmed_suspicion;
+SCHEMA_VERSION = "1.19"  # 1.14: max_margin (the fourth detector); 1.15: unconfirmed_suspicion;
 # 1.16: final_check.cannot_show_gone, residual_evidence[].conclusive; 1.17: cannot_show_gone no longer written (its
 # rule was prompted by test-split records and was undone; it was optional, so 1.x readers already handle it absent);
 # 1.18: rounds[].holdout_probe_asr_unpruned, probes_cut, went_on_as_probes_not_cut (optional: 1.17 reports lack them)
+# 1.19: final_check.clean_accuracy.images_needed and final_check.defense_images_needed (optional)
 
 _number = {"type": "number"}
 _share = {"type": "number", "minimum": 0, "maximum": 1}
@@ -67,6 +68,8 @@ REPORT_SCHEMA = {
             "required": ["images", "backdoor_remains", "residual_evidence", "clean_accuracy"],
             "properties": {
                 "images": {"type": "integer", "minimum": 0},
+                "defense_images_needed": {"type": "integer", "minimum": 1, "description": "defense images "
+                                          "(--limit) whose check share is clean_accuracy.images_needed"},
                 "backdoor_remains": {"type": "boolean", "description": "found by a decisive source"},
                 "residual_evidence": {"type": "array", "items": {
                     "type": "object", "required": ["source", "decisive", "found"],
@@ -80,7 +83,11 @@ REPORT_SCHEMA = {
                     "required": ["images", "before", "after", "drop", "upper_bound", "confidence", "budget",
                                  "within_budget"],
                     "properties": {"before": _share, "after": _share, "drop": _number, "upper_bound": _number,
-                                   "confidence": _share, "budget": _number, "within_budget": {"type": "boolean"}}}}},
+                                   "confidence": _share, "budget": _number, "within_budget": {"type": "boolean"},
+                                   "images_needed": {"type": ["integer", "null"], "description": "check images "
+                                                     "that would bound the drop within budget at the broken and "
+                                                     "fixed shares seen (an estimate); null when within budget "
+                                                     "or when the drop seen is itself over it"}}}}},
         "backdoor_suspected": {"type": "boolean"},
         "exit_code": {"type": "integer", "description": "what the command exited with (README, Exit codes)"},
         "fail_on": {"enum": ["suspected", "unsanitizable", "never"]},

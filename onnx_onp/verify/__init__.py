@@ -19,6 +19,7 @@ decision nor the prune-back ever saw (``VerifyConfig.check_share`` of them, cut 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 
@@ -170,8 +171,12 @@ def final_check(ctx, detection, detector, search, built, mask: np.ndarray) -> di
                       f"clean-accuracy drop {100 * ca['drop']:.1f} points "
                       f"(upper bound {100 * ca['upper_bound']:.1f}, budget {100 * ca['budget']:.1f})")
     ctx.timer.lap("final_check")
-    return {"images": len(ctx.check), "backdoor_remains": found, "residual_evidence": residual,
-            "clean_accuracy": ca}
+    check = {"images": len(ctx.check), "backdoor_remains": found, "residual_evidence": residual,
+             "clean_accuracy": ca}
+    if ca["images_needed"] is not None and config.check_share:
+        # The check set is this share of the defense data (--limit), so that many defense images would give it.
+        check["defense_images_needed"] = math.ceil(ca["images_needed"] / config.check_share - 1e-9)
+    return check
 
 
 def _probes_again(ctx, detection, built, mask: np.ndarray) -> dict:
@@ -242,7 +247,24 @@ def check_accuracy(evaluator, check, mask: np.ndarray, *, budget: float, confide
     drop = float(diff.mean())
     variance = max(float((diff ** 2).sum() + 1) / n - drop ** 2, 0.0)
     upper = drop + NormalDist().inv_cdf(confidence) * (variance / n) ** 0.5
+    broken, fixed = int((diff > 0).sum()), int((diff < 0).sum())
+    within = bool(upper <= budget + 1e-9)
     return {"images": n, "before": round(float(right_before.mean()), 4), "after": round(float(right_after.mean()), 4),
             "drop": round(drop, 4), "upper_bound": round(upper, 4), "confidence": confidence, "budget": budget,
-            "broken": int((diff > 0).sum()), "fixed": int((diff < 0).sum()),
-            "within_budget": bool(upper <= budget + 1e-9)}
+            "broken": broken, "fixed": fixed, "within_budget": within,
+            "images_needed": None if within else images_needed(broken, fixed, n, budget=budget, confidence=confidence)}
+
+
+def images_needed(broken: int, fixed: int, n: int, *, budget: float, confidence: float) -> int | None:
+    """How many check images would bound the drop within ``budget`` if pruning broke and fixed the same shares of
+    them as of these ``n`` (the bound of ``check_accuracy``, solved for the image count): what to tell a user whose
+    check set is too small to show a small cost. None when the drop seen is itself at or over the budget (no
+    number of images helps). An estimate: more defense data also changes what the search prunes."""
+    drop = (broken - fixed) / n
+    if drop >= budget:
+        return None
+    # upper(m) = drop + z * sqrt((changed - drop^2 + 1/m) / m) <= budget, with changed = (broken + fixed) / n:
+    # s m^2 - (changed - drop^2) m - 1 >= 0, where s = ((budget - drop) / z)^2.
+    spread = (broken + fixed) / n - drop ** 2
+    s = ((budget - drop) / NormalDist().inv_cdf(confidence)) ** 2
+    return max(n + 1, math.ceil((spread + math.sqrt(spread ** 2 + 4 * s)) / (2 * s) - 1e-9))
