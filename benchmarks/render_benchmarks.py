@@ -349,7 +349,7 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
              met(within >= 0.95 * len(pairs))),
             ("mean DER: " + ", ".join(f"{k} {_pct(v)}" for k, v in ders.items() if v is not None),
              "ONP above the others", f"ONP {_pct(ders['ONP'])}",
-             met(ders["ONP"] is not None and all(ders["ONP"] > v for v in others)))]
+             met(ders["ONP"] is not None and all(ders["ONP"] > v for v in others) if others else None))]
     if clean:
         flagged = {c for c, ps in clean.items() for d in ps
                    if not str((d.rows["onp"][0].get("info") or {}).get("status", "")).startswith("no backdoor")}
@@ -373,6 +373,40 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
                   "to the method was made after seeing their numbers): " + ", ".join(informed) + ". They include the "
                   "hardest test models, so this table flatters; the one above stays the headline.", "", *sub[4:-1]]
     return lines + [""]
+
+
+# agent_ablation's name for the search setting that is now the default (SearchConfig.until_probes_cut on): its runs
+# are ONP as `sanitize` runs today, the bench runs above partly predate it.
+DEFAULT_VARIANT = "until_probes_cut"
+
+
+def default_setting_draws(runs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict[int, Draw]]:
+    """Like ``current_draws``, from the agent_ablation files' runs of the current default setting only."""
+    return current_draws([(name, payload["runs"][DEFAULT_VARIANT]) for name, payload in runs
+                          if isinstance(payload, dict) and isinstance(payload.get("runs"), dict)
+                          and is_bench_run(payload["runs"].get(DEFAULT_VARIANT))])
+
+
+def default_setting_lines(runs: list[tuple[str, dict]], table: dict[tuple[str, str], dict[int, Draw]],
+                          split: str) -> list[str]:
+    """The split's targets under the current default setting, on the models it has been run on so far, with the
+    models it still lacks named: the table above mixes in ONP rows from before the setting changed."""
+    default = default_setting_draws(runs)
+    lines = target_lines(default, split, title=f"### Targets ({split} split, the current default setting only)")
+    if not lines:
+        return []
+    models = sorted(case for case, case_split in table if case_split == split)
+    covered = sorted(case for case, case_split in default if case_split == split)
+    missing = [m for m in models if m not in covered]
+    machines = sorted({(payload.get("machine") or {}).get("cpu", "?") for _, payload in runs
+                       if isinstance(payload, dict) and isinstance(payload.get("runs"), dict)
+                       and any(c.get("split") == split for c in
+                               ((payload["runs"].get(DEFAULT_VARIANT) or {}).get("cases") or []))})
+    note = (f"ONP as `sanitize` runs now (`agent_ablation --variants {DEFAULT_VARIANT}`, no baselines in those runs), "
+            f"on {len(covered)} of the {len(models)} {split} models" +
+            (f"; not yet run this way: {', '.join(missing)}" if missing else "") +
+            f". Machine: {', '.join(machines)}.")
+    return [lines[0], "", note, "", *lines[4:]]
 
 
 def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
@@ -553,7 +587,7 @@ def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
              "[docs/method.md](docs/method.md), one-off experiments in [experiments/](experiments/README.md).", ""]
     for split in splits:
         title = SPLIT_TITLES.get(split, "Models") if len(splits) > 1 or split else "Models"
-        lines += [f"## {title}", ""] + target_lines(table, split)
+        lines += [f"## {title}", ""] + target_lines(table, split) + default_setting_lines(runs, table, split)
         lines += ["ASR and CA drop per defense (test data; CA drop in points):", ""]
         lines += summary_lines(table, split) + ["", "Every defense:", ""] + full_lines(table, split) + [""]
     lines += gate_lines(table)

@@ -108,6 +108,21 @@ def test_the_targets_table_counts_backdoored_and_clean_models_apart():
     assert "| clean (1 models): flagged on any draw | ≤ 1 in 6 | 0 of 1 | yes |" in targets
 
 
+def test_the_current_default_gets_its_own_targets_table_naming_the_models_it_lacks():
+    """agent_ablation's runs of the default setting are tabled apart from the (older) bench rows, with coverage."""
+    old = [("bench.json", _run("2026-01-01", 0, 0.30, split="test", name=n)) for n in ("bd", "other")]
+    again = _run("2026-01-02", 0, 0.04, split="test", name="bd")
+    ablation = {"machine": {"cpu": "CPU A"}, "runs": {"until_probes_cut": again, "graphconv": _run(
+        "2026-01-02", 0, 0.50, split="test", name="other")}}
+    text = render_benchmarks(old + [("agent_ablation_x.json", ablation)])
+    section = text.split("### Targets (test split, the current default setting only)")[1].split("\n## ")[0]
+    assert "on 1 of the 2 test models; not yet run this way: other. Machine: CPU A." in section
+    assert "| backdoored (1 models): mean ONP ASR | ≤ 3% | 4.00% | **no** |" in section
+    assert "| mean DER: ONP 60.00 | ONP above the others | ONP 60.00 | – |" in section  # no baselines: no verdict
+    # The headline table still reads the bench runs only (an ablation's other variants never count).
+    assert "| backdoored (2 models): mean ONP ASR | ≤ 3% | 30.00% | **no** |" in text.split("### Targets (test split)")[1]
+
+
 def test_compare_records_counts_changed_outcomes_and_masks(tmp_path, capsys):
     """`python -m benchmarks.compare_records OLD NEW`: one row per (model, draw), and the counts say what changed."""
     import copy
