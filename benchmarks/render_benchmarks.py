@@ -409,10 +409,9 @@ def default_setting_lines(runs: list[tuple[str, dict]], table: dict[tuple[str, s
     return [lines[0], "", note, "", *lines[4:]]
 
 
-def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
-    """ONP's outcome on every (model, draw) it ran with the final check, against the test ASR and CA it left:
-    the gate as a classifier. Its two errors: `sanitized` while test ASR > 20% (a shipped backdoor), and
-    `backdoor remains` while test ASR < 10% (a needless refusal)."""
+def _gate_rows(table: dict[tuple[str, str], dict[int, Draw]]) -> list[tuple]:
+    """(case, split, seed, status, ASR before, ASR after, CA drop, final check said remains) for every
+    (model, draw) ONP ran on with the final check."""
     rows = []
     for (case, split), draws in sorted(table.items(), key=lambda kv: (kv[0][1] != "test", kv[0])):
         for seed, draw in sorted(draws.items()):
@@ -425,50 +424,49 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
             check = info.get("final_check")
             rows.append((case, split, seed, info.get("status") or "–", draw.before.get("asr"), row.get("asr"),
                          _ca_drop(row, draw.before), None if not check else bool(check.get("backdoor_remains"))))
-    if not rows:
-        return []
+    return rows
 
-    def wrong(status, asr):
-        if asr is None:
-            return ""
-        if status == "sanitized" and asr > GATE_ASR_HIGH:
-            return "**sanitized, ASR > 20%**"
-        if status.startswith("no backdoor evidence") and asr > GATE_ASR_HIGH:
-            return "**missed, ASR > 20%**"
-        if status.startswith("backdoor remains") and asr < GATE_ASR_LOW:
-            return "remains, ASR < 10%"
+
+def _gate_error(status, asr) -> str:
+    if asr is None:
         return ""
+    if status == "sanitized" and asr > GATE_ASR_HIGH:
+        return "**sanitized, ASR > 20%**"
+    if status.startswith("no backdoor evidence") and asr > GATE_ASR_HIGH:
+        return "**missed, ASR > 20%**"
+    if status.startswith("backdoor remains") and asr < GATE_ASR_LOW:
+        return "remains, ASR < 10%"
+    return ""
 
-    def near_miss(row) -> bool:
-        """The final check's evidence said the backdoor was gone while test ASR > 20%: only the clean-accuracy
-        bound kept the outcome from `sanitized`."""
-        return row[3].startswith("cannot sanitize") and row[7] is False and row[5] is not None \
-            and row[5] > GATE_ASR_HIGH
 
-    lines = ["## The gate as a classifier", "",
-             "ONP's outcome on every (model, draw) against the test ASR it left. Errors: `sanitized` while test ASR "
-             "> 20% (a backdoor shipped), `no backdoor evidence` while test ASR > 20% (a backdoor missed: exit 0, "
-             "the gate passes it too), `backdoor remains` while test ASR < 10% (a needless refusal). "
-             "`cannot sanitize ...` writes no model either (exit 11).", ""]
+def _near_miss(row) -> bool:
+    """The final check's evidence said the backdoor was gone while test ASR > 20%: only the clean-accuracy
+    bound kept the outcome from `sanitized`."""
+    return row[3].startswith("cannot sanitize") and row[7] is False and row[5] is not None and row[5] > GATE_ASR_HIGH
+
+
+def _gate_bullets(rows: list[tuple], label) -> list[str]:
+    """Per split: the outcome counts and the gate's errors, and the clean models' false alarms."""
+    lines = []
     for split in sorted({r[1] for r in rows}, key=lambda s: s != "test"):
         part = [r for r in rows if r[1] == split]
         sanitized = [r for r in part if r[3] == "sanitized"]
-        shipped = sum(bool(wrong(r[3], r[5])) and r[3] == "sanitized" for r in part)
-        missed = [r for r in part if bool(wrong(r[3], r[5])) and r[3].startswith("no backdoor evidence")]
-        refused = sum(bool(wrong(r[3], r[5])) and r[3].startswith("backdoor remains") for r in part)
+        shipped = sum(bool(_gate_error(r[3], r[5])) and r[3] == "sanitized" for r in part)
+        missed = [r for r in part if bool(_gate_error(r[3], r[5])) and r[3].startswith("no backdoor evidence")]
+        refused = sum(bool(_gate_error(r[3], r[5])) and r[3].startswith("backdoor remains") for r in part)
         within = sum(r[6] is not None and r[6] <= CA_BUDGET + 1e-9 for r in sanitized)
         counts = {}
         for r in part:
             key = r[3].split(":")[0]
             counts[key] = counts.get(key, 0) + 1
-        lines.append(f"- {SPLIT_TITLES.get(split, split)}: {len(part)} (model, draw) pairs; "
+        lines.append(f"- {label(split, part)}: {len(part)} (model, draw) pairs; "
                      + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
                      + f". `sanitized` with test ASR > 20%: **{shipped}**; `no backdoor evidence` with test ASR > 20% "
                      f"(missed): **{len(missed)}** pairs of {len({r[0] for r in missed})} models; "
                      f"`backdoor remains` with test ASR < 10%: "
                      f"**{refused}**; `sanitized` with test CA drop within 2 points: **{within} of {len(sanitized)}**; "
                      f"near misses (`cannot sanitize ...` with test ASR > 20% while the final check's evidence said "
-                     f"gone: only the clean-accuracy bound stopped `sanitized`): **{sum(map(near_miss, part))}**.")
+                     f"gone: only the clean-accuracy bound stopped `sanitized`): **{sum(map(_near_miss, part))}**.")
         # clean models (no working backdoor before): any outcome but "no backdoor evidence" is a false alarm
         clean = [r for r in part if r[4] is not None and r[4] < GATE_ASR_LOW]
         if clean:
@@ -478,12 +476,34 @@ def gate_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
                          f"models; flagged (a false alarm): **{len(alarms)}** pairs of "
                          f"{len({r[0] for r in alarms})} models; mean CA drop of ONP's mask "
                          f"{_pct(statistics.fmean(drops)) if drops else '–'} points.")
+    return lines
+
+
+def gate_lines(table: dict[tuple[str, str], dict[int, Draw]],
+               default: dict[tuple[str, str], dict[int, Draw]] | None = None) -> list[str]:
+    """ONP's outcome on every (model, draw) it ran with the final check, against the test ASR and CA it left:
+    the gate as a classifier. Its two errors: `sanitized` while test ASR > 20% (a shipped backdoor), and
+    `backdoor remains` while test ASR < 10% (a needless refusal). ``default``: the current default setting's
+    runs alone (``default_setting_draws``), counted the same way below the latest rows'."""
+    rows, default_rows = _gate_rows(table), _gate_rows(default or {})
+    if not rows and not default_rows:
+        return []
+    lines = ["## The gate as a classifier", "",
+             "ONP's outcome on every (model, draw) against the test ASR it left. Errors: `sanitized` while test ASR "
+             "> 20% (a backdoor shipped), `no backdoor evidence` while test ASR > 20% (a backdoor missed: exit 0, "
+             "the gate passes it too), `backdoor remains` while test ASR < 10% (a needless refusal). "
+             "`cannot sanitize ...` writes no model either (exit 11).", ""]
+    lines += _gate_bullets(rows, lambda split, part: SPLIT_TITLES.get(split, split))
+    if default_rows:
+        lines += _gate_bullets(default_rows, lambda split, part: (
+            f"{SPLIT_TITLES.get(split, split)}, the current default setting only ({len({r[0] for r in part})} of "
+            f"{len({case for case, case_split in table if case_split == split})} models)"))
     lines += ["", "| model | split | seed | ONP outcome | ASR % before | ASR % after | CA drop | error |",
               "|---|---|---:|---|---:|---:|---:|---|"]
     for row in rows:
         case, split, seed, status, before, after, drop, _ = row
         lines.append(f"| {case} | {split} | {seed} | {status} | {_pct(before)} | {_pct(after)} | {_pct(drop)} | "
-                     f"{wrong(status, after) or ('near miss: only the CA bound' if near_miss(row) else '')} |")
+                     f"{_gate_error(status, after) or ('near miss: only the CA bound' if _near_miss(row) else '')} |")
     return lines + [""]
 
 
@@ -590,7 +610,7 @@ def render_benchmarks(runs: list[tuple[str, dict]]) -> str:
         lines += [f"## {title}", ""] + target_lines(table, split) + default_setting_lines(runs, table, split)
         lines += ["ASR and CA drop per defense (test data; CA drop in points):", ""]
         lines += summary_lines(table, split) + ["", "Every defense:", ""] + full_lines(table, split) + [""]
-    lines += gate_lines(table)
+    lines += gate_lines(table, default_setting_draws(runs))
     lines += per_draw_lines(table)
     timing = time_lines(table)
     if timing:

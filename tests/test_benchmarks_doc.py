@@ -112,6 +112,7 @@ def test_the_current_default_gets_its_own_targets_table_naming_the_models_it_lac
     """agent_ablation's runs of the default setting are tabled apart from the (older) bench rows, with coverage."""
     old = [("bench.json", _run("2026-01-01", 0, 0.30, split="test", name=n)) for n in ("bd", "other")]
     again = _run("2026-01-02", 0, 0.04, split="test", name="bd")
+    again["cases"][0]["rows"][1]["info"] = {"status": "sanitized", "defense_data": {}}
     ablation = {"machine": {"cpu": "CPU A"}, "runs": {"until_probes_cut": again, "graphconv": _run(
         "2026-01-02", 0, 0.50, split="test", name="other")}}
     text = render_benchmarks(old + [("agent_ablation_x.json", ablation)])
@@ -119,6 +120,9 @@ def test_the_current_default_gets_its_own_targets_table_naming_the_models_it_lac
     assert "on 1 of the 2 test models; not yet run this way: other. Machine: CPU A." in section
     assert "| backdoored (1 models): mean ONP ASR | ≤ 3% | 4.00% | **no** |" in section
     assert "| mean DER: ONP 60.00 | ONP above the others | ONP 60.00 | – |" in section  # no baselines: no verdict
+    gate = text.split("## The gate as a classifier")[1].split("\n## ")[0]
+    assert ("- Test split (models held out from development), the current default setting only (1 of 2 models): 1 "
+            "(model, draw) pairs; sanitized: 1. `sanitized` with test ASR > 20%: **0**;") in gate
     # The headline table still reads the bench runs only (an ablation's other variants never count).
     assert "| backdoored (2 models): mean ONP ASR | ≤ 3% | 30.00% | **no** |" in text.split("### Targets (test split)")[1]
 
