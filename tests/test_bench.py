@@ -111,6 +111,29 @@ def test_clp_cannot_flag_in_layers_of_ten_channels_or_fewer():
     assert nmap.pruned_neurons(clp(lm, nmap).mask) == {"conv2": [0]}
 
 
+# -- ANP ----------------------------------------------------------------------------------------------------
+
+
+def test_anp_is_seeded_prunes_only_prunable_groups_and_nothing_without_steps():
+    from onnx_onp.baselines import AnpConfig, anp
+
+    w1, w2 = _weights(c1=8, c2=12)
+    lm = load_model_proto(convnet(w1, w2))
+    nmap = build_neuron_map(lm)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3, 8, 8)).astype(np.float32)
+    y = MaskedEvaluator(lm, nmap).logits(x).argmax(axis=1)  # the model is right on its data: any loss is ANP's
+    data = Prepared(x, y)
+    config = AnpConfig(steps=20, batch_size=16, epsilon=0.8, threshold=0.5)
+    first, again = anp(lm, nmap, data, config=config), anp(lm, nmap, data, config=config)
+    assert np.array_equal(first.mask, again.mask) and first.info == {**again.info, "seconds_learning":
+                                                                     first.info["seconds_learning"]}
+    assert first.mask.any() and not (first.mask & ~nmap.prunable).any()
+    assert 0 <= first.info["mask_min"] <= first.info["mask_p10"] <= first.info["mask_median"] <= 1
+    assert not anp(lm, nmap, data, config=AnpConfig(steps=0)).mask.any()  # untrained masks stay at 1
+    assert DEFENSES["anp"].needs_data and DEFENSES["anp"].config is AnpConfig
+
+
 # -- Fine-Pruning -------------------------------------------------------------------------------------------
 
 

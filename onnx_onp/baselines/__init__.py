@@ -1,4 +1,4 @@
-"""Baseline defenses on the same ONNX models: none, CLP, Fine-Pruning, random pruning.
+"""Baseline defenses on the same ONNX models: none, CLP, Fine-Pruning, ANP, random pruning.
 
 Each entry of ``DEFENSES`` is called as ``DEFENSES[name](lm, nmap, data, evaluator=..., config=...)`` and
 returns a :class:`DefenseResult` (a boolean mask over the neuron map's groups, True = pruned, and an info
@@ -6,6 +6,7 @@ dict). ``data`` is the clean defense set (``Prepared``, a few hundred training i
 receives poisoned or test data.
 """
 
+from .anp import AnpConfig, anp
 from .base import Defense, DefenseResult, NoneConfig, no_defense, pruned_neuron_count, unit_groups
 from .clp import ClpConfig, channel_lipschitz, clp
 from .fine_pruning import FpConfig, activation_tensor, fine_pruning, fp_extra_outputs, last_conv_layer
@@ -18,12 +19,15 @@ DEFENSES: dict[str, Defense] = {
     "fp": Defense("fp", fine_pruning, FpConfig, needs_data=True,
                   description="Fine-Pruning without fine-tuning (last conv layer, least active first)",
                   extra_outputs=fp_extra_outputs),
+    "anp": Defense("anp", anp, AnpConfig, needs_data=True,
+                   description="Adversarial Neuron Pruning (masks learned against neuron perturbations, threshold 0.2)"),
     "random": Defense("random", random_pruning, RandomConfig, needs_data=False,
                       description="random prunable groups, as many neurons as the compared defense"),
 }
 
 __all__ = [
     "DEFENSES",
+    "AnpConfig",
     "ClpConfig",
     "Defense",
     "DefenseResult",
@@ -31,6 +35,7 @@ __all__ = [
     "NoneConfig",
     "RandomConfig",
     "activation_tensor",
+    "anp",
     "channel_lipschitz",
     "clp",
     "fine_pruning",
