@@ -32,6 +32,13 @@ from onnx_onp.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = (("onp", "ONP"), ("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@onp", "random (ONP's count)"))
+OPTIONAL_BASELINES = (("anp", "ANP"),)  # columns only where some run has the defense (not in bench's default)
+
+
+def baselines(table) -> tuple[tuple[str, str], ...]:
+    """The defenses the tables show: the default ones, and an optional one wherever a run measured it."""
+    present = {name for draws in table.values() for draw in draws.values() for name in draw.rows}
+    return BASELINES + tuple(entry for entry in OPTIONAL_BASELINES if entry[0] in present)
 SPLIT_TITLES = {"test": "Test split (models held out from development)", "dev": "Development models"}
 
 
@@ -217,15 +224,16 @@ def _defenses(draws: dict[int, Draw]) -> list[str]:
 
 def summary_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str) -> list[str]:
     """One line per model: the unpruned model, then each defense's ASR and CA drop (mean, worst draw)."""
-    head = "| model | draws | CA % | ASR % | " + " | ".join(f"{label} ASR % | {label} CA drop" for _, label in BASELINES)
-    lines = [head + " |", "|---|---:|---:|---:|" + "---:|---:|" * len(BASELINES)]
+    shown = baselines(table)
+    head = "| model | draws | CA % | ASR % | " + " | ".join(f"{label} ASR % | {label} CA drop" for _, label in shown)
+    lines = [head + " |", "|---|---:|---:|---:|" + "---:|---:|" * len(shown)]
     for (case, case_split), draws in sorted(table.items()):
         if case_split != split:
             continue
         befores = [d.before for d in draws.values() if d.before]
         cells = [case, str(len(draws)), _stat([b.get("ca") for b in befores], min),
                  _stat([b.get("asr") for b in befores], max)]
-        for defense, _ in BASELINES:
+        for defense, _ in shown:
             rows = [(d.rows[defense][0], d.before) for d in draws.values() if defense in d.rows]
             cells.append(_stat([r["asr"] for r, _ in rows], max) if rows else "–")
             cells.append(_stat([_ca_drop(r, b) for r, b in rows], max) if rows else "–")
@@ -265,13 +273,13 @@ def _mean_text(values: list, digits: int | None = None) -> str:
 def per_draw_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
     """The draws behind every mean: one row per draw of each model that has more than one, each defense's CA and
     ASR side by side (random pruning with CLP's and Fine-Pruning's counts is in the tables above, as a mean)."""
-    lines = []
+    lines, shown = [], baselines(table)
     for (case, split), draws in sorted(table.items()):
         if len(draws) < 2:
             continue
         for seed, draw in sorted(draws.items()):
             cells, sources = [], []
-            for defense in ("none",) + tuple(name for name, _ in BASELINES):
+            for defense in ("none",) + tuple(name for name, _ in shown):
                 if defense in draw.rows:
                     row, source, _ = draw.rows[defense]
                     cells.append(f"{_pct(row['ca'])} / {_pct(row['asr'])}")
@@ -283,11 +291,11 @@ def per_draw_lines(table: dict[tuple[str, str], dict[int, Draw]]) -> list[str]:
                          f"{', '.join(dict.fromkeys(sources))} |")
     if not lines:
         return []
-    labels = " | ".join(label for _, label in BASELINES)
+    labels = " | ".join(label for _, label in shown)
     return ["## Per draw", "", "Every defense-data draw behind a mean above (seed = the defense data's seed): CA % / "
             "ASR % per defense, and the groups ONP pruned.", "",
             f"| model | split | seed | no defense | {labels} | ONP groups | result |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"] + lines + [""]
+            "|---|---|---:|---:|" + "---:|" * len(shown) + "---:|---|"] + lines + [""]
 
 
 GATE_ASR_HIGH, GATE_ASR_LOW, CA_BUDGET = 0.20, 0.10, 0.02
@@ -333,13 +341,18 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
         within = sum(x is not None and x <= CA_BUDGET + 1e-9 for x in drops)
         mean_asr = mean(model_asr.values())
         low = sum(a <= GATE_ASR_LOW + 1e-9 for a in model_asr.values())
-        ders = {label: mean(d.rows[name][0]["der"] for d in pairs if name in d.rows) for name, label in
-                (("onp", "ONP"), ("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@onp", "random (ONP's count)"))}
-        others = [v for k, v in ders.items() if k != "ONP" and v is not None]
+        # A defense measured on only some of the models (ANP, not in bench's default) says on how many: its means
+        # are over those, and its DER takes no part in the target's verdict.
+        shown = baselines(table)
+        covered = {label: sum(any(name in d.rows for d in ps) for ps in backdoored.values()) for name, label in shown}
+        partly = {label: f" (on {n} of {len(backdoored)} models)" if 0 < n < len(backdoored) else ""
+                  for label, n in covered.items()}
+        ders = {label: mean(d.rows[name][0]["der"] for d in pairs if name in d.rows) for name, label in shown}
+        others = [v for k, v in ders.items() if k != "ONP" and v is not None and not partly[k]]
         # The baselines' mean ASR on the same pairs, for comparison (the target is ONP's).
         asrs = {label: mean(mean(d.rows[name][0]["asr"] for d in ps if name in d.rows) for ps in backdoored.values())
-                for name, label in (("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@onp", "random (ONP's count)"))}
-        compared = ", ".join(f"{k} {_pct(v)}%" for k, v in asrs.items() if v is not None)
+                for name, label in shown if name != "onp"}
+        compared = ", ".join(f"{k} {_pct(v)}%{partly[k]}" for k, v in asrs.items() if v is not None)
         rows += [
             (f"backdoored ({len(backdoored)} models): mean ONP ASR" + (f" ({compared})" if compared else ""), "≤ 3%",
              f"{_pct(mean_asr)}%", met(mean_asr <= 0.03)),
@@ -347,7 +360,7 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
              met(low >= 0.9 * len(model_asr))),
             ("(model, draw) pairs with ONP CA drop ≤ 2 points", "≥ 95%", f"{within} of {len(pairs)}",
              met(within >= 0.95 * len(pairs))),
-            ("mean DER: " + ", ".join(f"{k} {_pct(v)}" for k, v in ders.items() if v is not None),
+            ("mean DER: " + ", ".join(f"{k} {_pct(v)}{partly[k]}" for k, v in ders.items() if v is not None),
              "ONP above the others", f"ONP {_pct(ders['ONP'])}",
              met(ders["ONP"] is not None and all(ders["ONP"] > v for v in others) if others else None))]
     if clean:

@@ -127,6 +127,18 @@ def test_the_current_default_gets_its_own_targets_table_naming_the_models_it_lac
     assert "| backdoored (2 models): mean ONP ASR | ≤ 3% | 30.00% | **no** |" in text.split("### Targets (test split)")[1]
 
 
+def test_an_optional_defense_gets_columns_only_where_measured_and_says_on_how_many_models():
+    runs = [(f"{n}.json", _run("2026-01-01", 0, 0.05, split="test", name=n)) for n in ("a", "b")]
+    assert "ANP" not in render_benchmarks(runs)
+    runs[0][1]["cases"][0]["rows"].append({**_row("anp", 0.70, 0.02, 9), "der": 0.9})
+    text = render_benchmarks(runs)
+    assert "| ONP ASR % | ONP CA drop | CLP ASR % |" in text and "| ANP ASR % | ANP CA drop |" in text
+    targets = text.split("### Targets (test split)")[1]
+    assert "mean ONP ASR (ANP 2.00% (on 1 of 2 models))" in targets
+    # ANP measured on one model only: its DER is shown, but the comparison has no full-coverage baseline.
+    assert "| mean DER: ONP 60.00, ANP 90.00 (on 1 of 2 models) | ONP above the others | ONP 60.00 | – |" in targets
+
+
 def test_compare_records_counts_changed_outcomes_and_masks(tmp_path, capsys):
     """`python -m benchmarks.compare_records OLD NEW`: one row per (model, draw), and the counts say what changed."""
     import copy
