@@ -35,9 +35,11 @@ BASELINES = (("onp", "ONP"), ("clp", "CLP"), ("fp", "Fine-Pruning"), ("random@on
 OPTIONAL_BASELINES = (("anp", "ANP"),)  # columns only where some run has the defense (not in bench's default)
 
 
-def baselines(table) -> tuple[tuple[str, str], ...]:
-    """The defenses the tables show: the default ones, and an optional one wherever a run measured it."""
-    present = {name for draws in table.values() for draw in draws.values() for name in draw.rows}
+def baselines(table, split: str | None = None) -> tuple[tuple[str, str], ...]:
+    """The defenses the tables show: the default ones, and an optional one wherever a run (on ``split``, when
+    given) measured it."""
+    present = {name for (_, case_split), draws in table.items() if split is None or case_split == split
+               for draw in draws.values() for name in draw.rows}
     return BASELINES + tuple(entry for entry in OPTIONAL_BASELINES if entry[0] in present)
 SPLIT_TITLES = {"test": "Test split (models held out from development)", "dev": "Development models"}
 
@@ -224,7 +226,7 @@ def _defenses(draws: dict[int, Draw]) -> list[str]:
 
 def summary_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str) -> list[str]:
     """One line per model: the unpruned model, then each defense's ASR and CA drop (mean, worst draw)."""
-    shown = baselines(table)
+    shown = baselines(table, split)
     head = "| model | draws | CA % | ASR % | " + " | ".join(f"{label} ASR % | {label} CA drop" for _, label in shown)
     lines = [head + " |", "|---|---:|---:|---:|" + "---:|---:|" * len(shown)]
     for (case, case_split), draws in sorted(table.items()):
@@ -343,7 +345,7 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
         low = sum(a <= GATE_ASR_LOW + 1e-9 for a in model_asr.values())
         # A defense measured on only some of the models (ANP, not in bench's default) says on how many: its means
         # are over those, and its DER takes no part in the target's verdict.
-        shown = baselines(table)
+        shown = baselines(table, split)
         covered = {label: sum(any(name in d.rows for d in ps) for ps in backdoored.values()) for name, label in shown}
         partly = {label: f" (on {n} of {len(backdoored)} models)" if 0 < n < len(backdoored) else ""
                   for label, n in covered.items()}
