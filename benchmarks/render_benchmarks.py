@@ -417,9 +417,13 @@ def default_setting_lines(runs: list[tuple[str, dict]], table: dict[tuple[str, s
                        if isinstance(payload, dict) and isinstance(payload.get("runs"), dict)
                        and any(c.get("split") == split for c in
                                ((payload["runs"].get(DEFAULT_VARIANT) or {}).get("cases") or []))})
+    draws = {case: len(d) for (case, case_split), d in default.items() if case_split == split}
+    full = max(draws.values(), default=0)
+    partial = [f"{case} ({n} of {full} draws)" for case, n in sorted(draws.items()) if n < full]
     note = (f"ONP as `sanitize` runs now (`agent_ablation --variants {DEFAULT_VARIANT}`, no baselines in those runs), "
             f"on {len(covered)} of the {len(models)} {split} models" +
             (f"; not yet run this way: {', '.join(missing)}" if missing else "") +
+            (f"; not all draws yet: {', '.join(partial)}" if partial else "") +
             f". Machine: {', '.join(machines)}.")
     return [lines[0], "", note, "", *lines[4:]]
 

@@ -118,6 +118,13 @@ def test_the_current_default_gets_its_own_targets_table_naming_the_models_it_lac
     text = render_benchmarks(old + [("agent_ablation_x.json", ablation)])
     section = text.split("### Targets (test split, the current default setting only)")[1].split("\n## ")[0]
     assert "on 1 of the 2 test models; not yet run this way: other. Machine: CPU A." in section
+    # A model whose run was cut short after some draws is named with its count.
+    more = _run("2026-01-02", 0, 0.02, split="test", name="other")
+    twice = {"machine": {"cpu": "CPU A"}, "runs": {"until_probes_cut": {**again, "cases": again["cases"] + [
+        {**again["cases"][0], "draw": 1}]}}}
+    partial = render_benchmarks(old + [("agent_ablation_x.json", twice), ("agent_ablation_y.json", {
+        "machine": {"cpu": "CPU A"}, "runs": {"until_probes_cut": more}})])
+    assert "on 2 of the 2 test models; not all draws yet: other (1 of 2 draws)." in partial
     assert "| backdoored (1 models): mean ONP ASR | ≤ 3% | 4.00% | **no** |" in section
     assert "| mean DER: ONP 60.00 | ONP above the others | ONP 60.00 | – |" in section  # no baselines: no verdict
     gate = text.split("## The gate as a classifier")[1].split("\n## ")[0]
