@@ -694,7 +694,7 @@ def _print_outcome(r, output) -> None:
         click.echo(f"final check on {check['images']} unseen defense images: CA drop {100 * ca['drop']:.1f} points "
                    f"(upper bound {100 * ca['upper_bound']:.1f} at {100 * ca['confidence']:.0f}%, budget "
                    f"{100 * ca['budget']:.1f})")
-        if ca.get("images_needed"):
+        if ca.get("images_needed") and not check["backdoor_remains"]:  # only the bound stopped `sanitized`
             click.echo(f"  too few images to show a cost this small: at the rates seen ({ca['broken']} broken, "
                        f"{ca['fixed']} fixed) about {ca['images_needed']} check images would, i.e. --limit "
                        f"{check['defense_images_needed']} clean images")

@@ -190,6 +190,18 @@ def test_check_reliability_keeps_the_latest_record_and_counts_false_passes_and_r
     assert summary(list(pairs.values())).startswith(
         "3 pairs: bound within budget on 2, of them test drop over budget on 1 (false pass); bound over budget on "
         "1, of them test drop within budget on 1 (needless refusal)")
+    # agent_ablation's runs of the current default are records too; the check's own images-needed is recomputed.
+    newest = copy.deepcopy(record)
+    newest["date"] = "2100-01-01T00:00:00+00:00"
+    check = next(row for row in newest["cases"][2]["rows"] if row["defense"] == "onp")["info"]["final_check"]
+    check["backdoor_remains"] = False
+    check["clean_accuracy"].update(drop=0.01, upper_bound=0.0219, broken=1, fixed=0, within_budget=False)
+    (tmp_path / "c.json").write_text(json.dumps({"machine": {}, "runs": {"until_probes_cut": newest,
+                                                                          "graphconv": later}}))
+    pairs = checked_pairs(tmp_path)
+    assert {pairs[key]["file"] for key in pairs} == {"c.json"} and pairs[("resnet18_randpatch_gtsrb", 2)]["needed"] == 127
+    assert "no backdoor evidence) on 1: test drop within budget on 1, test ASR over 20% on 0" in summary(
+        list(pairs.values()))
 
 
 def test_until_probes_cut_check_pairs_each_run_with_the_defaults_on_the_same_cpu(tmp_path):

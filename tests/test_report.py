@@ -92,6 +92,10 @@ def test_a_check_too_small_for_a_small_cost_says_how_much_data_would_show_it(tin
             "would, i.e. --limit 635 clean images") in capsys.readouterr().out
     assert "run again with 635 clean images (--limit)" in render_html(small)
     assert "run again with" not in render_html(report)
+    # Where the backdoor remains, more data would not help: no hint.
+    small["final_check"]["backdoor_remains"], small["status"] = True, "backdoor remains"
+    _print_outcome(small, None)
+    assert "too few images" not in capsys.readouterr().out and "run again with" not in render_html(small)
 
 
 @pytest.mark.parametrize("status, verdict, fail_on, code", [
