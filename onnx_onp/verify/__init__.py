@@ -173,7 +173,7 @@ def final_check(ctx, detection, detector, search, built, mask: np.ndarray) -> di
     ctx.timer.lap("final_check")
     check = {"images": len(ctx.check), "backdoor_remains": found, "residual_evidence": residual,
              "clean_accuracy": ca}
-    if ca["images_needed"] is not None and config.check_share:
+    if ca.get("images_needed") is not None and config.check_share:
         # The check set is this share of the defense data (--limit), so that many defense images would give it.
         check["defense_images_needed"] = math.ceil(ca["images_needed"] / config.check_share - 1e-9)
     return check
