@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.render_benchmarks import DEFAULT_VARIANT  # agent_ablation's runs of the default count too
 from onnx_onp.bench.report import onp_rows_from_json
 from onnx_onp.verify import images_needed
 
@@ -25,7 +26,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BUDGET = 2.0  # points: sanitize's default --max-ca-drop, the target
 
 
-DEFAULT_VARIANT = "until_probes_cut"  # agent_ablation's runs of the current default count as records too
 
 
 def _records(folder: Path):

@@ -395,11 +395,16 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
 DEFAULT_VARIANT = "until_probes_cut"
 
 
+def default_setting_runs(runs: list[tuple[str, dict]]) -> list[tuple[str, dict, dict]]:
+    """(file name, agent_ablation payload, its run of the current default setting) for every file that has one."""
+    return [(name, payload, payload["runs"][DEFAULT_VARIANT]) for name, payload in runs
+            if isinstance(payload, dict) and isinstance(payload.get("runs"), dict)
+            and is_bench_run(payload["runs"].get(DEFAULT_VARIANT))]
+
+
 def default_setting_draws(runs: list[tuple[str, dict]]) -> dict[tuple[str, str], dict[int, Draw]]:
     """Like ``current_draws``, from the agent_ablation files' runs of the current default setting only."""
-    return current_draws([(name, payload["runs"][DEFAULT_VARIANT]) for name, payload in runs
-                          if isinstance(payload, dict) and isinstance(payload.get("runs"), dict)
-                          and is_bench_run(payload["runs"].get(DEFAULT_VARIANT))])
+    return current_draws([(name, run) for name, _, run in default_setting_runs(runs)])
 
 
 def default_setting_lines(runs: list[tuple[str, dict]], table: dict[tuple[str, str], dict[int, Draw]],
@@ -413,10 +418,8 @@ def default_setting_lines(runs: list[tuple[str, dict]], table: dict[tuple[str, s
     models = sorted(case for case, case_split in table if case_split == split)
     covered = sorted(case for case, case_split in default if case_split == split)
     missing = [m for m in models if m not in covered]
-    machines = sorted({(payload.get("machine") or {}).get("cpu", "?") for _, payload in runs
-                       if isinstance(payload, dict) and isinstance(payload.get("runs"), dict)
-                       and any(c.get("split") == split for c in
-                               ((payload["runs"].get(DEFAULT_VARIANT) or {}).get("cases") or []))})
+    machines = sorted({(payload.get("machine") or {}).get("cpu", "?") for _, payload, run in default_setting_runs(runs)
+                       if any(c.get("split") == split for c in run["cases"])})
     draws = {case: len(d) for (case, case_split), d in default.items() if case_split == split}
     full = max(draws.values(), default=0)
     partial = [f"{case} ({n} of {full} draws)" for case, n in sorted(draws.items()) if n < full]
