@@ -5,6 +5,7 @@ all, on the same cases, defense data and test data in one run.
     python -m benchmarks.agent_ablation --cases NAME,... --variants graphconv,untrained --draws 3 --test-limit 2000
     python -m benchmarks.agent_ablation --cases NAME --draws 3 --json RUN.json --resume   # only the draws not in RUN.json
     python -m benchmarks.agent_ablation --summarize benchmarks/results/agent_ablation_test.json [MORE.json ...]
+    python -m benchmarks.agent_ablation --json RUN.json --baselines   # CLP, FP, random beside RUN.json's ONP rows
 
 With ``--draws 3`` every case runs on the three draws of the defense data (seeds 0, 1, 2), as the test split's
 benchmark does, and the summary is over every (case, draw).
@@ -28,11 +29,16 @@ Per variant, case and draw: ONP's outcome, test ASR, test CA drop, pruned groups
 candidate each round's decision took (``rounds[].chosen_from``); then per variant the means and worsts over the
 (case, draw) pairs. ``--summarize`` prints the same tables from saved ``--json`` files (several files: their
 rows together), so every number in a note or the README comes from a command.
+
+``--baselines`` adds CLP, Fine-Pruning and random pruning of ONP's neuron count (``random@onp``) to every (case,
+draw) of a saved file that lacks them, on the same defense draw and test data (the unpruned model's scores must
+match the saved ones exactly), so the default's runs get the issue's DER comparison without running ONP again.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -42,8 +48,8 @@ from dataclasses import replace
 
 from onnx_onp.agent import TrainConfig
 from onnx_onp.bench import BenchConfig, discover_cases, machine_info, run_bench
-from onnx_onp.bench.harness import BenchResult
-from onnx_onp.bench.report import onp_rows_from_json, result_to_json
+from onnx_onp.bench.harness import BenchResult, run_case
+from onnx_onp.bench.report import _plain, onp_rows_from_json, result_to_json
 from onnx_onp.files import atomic_write_text
 from onnx_onp.config import override
 from onnx_onp.sanitize import SanitizeConfig
@@ -117,24 +123,79 @@ def merge_cases(earlier: dict | None, payload: dict) -> dict:
             "seconds": earlier["seconds"] + payload["seconds"]}
 
 
+BASELINE_DEFENSES = ("none", "clp", "fp", "random")
+
+
+def add_baselines(path: str, variants: list[str] | None, machine: dict) -> list[str]:
+    """The baselines beside each saved ONP row of ``path`` (the variants named, default all) that has none yet,
+    saved after every (case, draw); the lines it printed. The unpruned model's test scores must equal the saved
+    ones: otherwise the baselines would be measured on other data than ONP was."""
+    saved = json.load(open(path))
+    if saved.get("machine", {}).get("cpu") != machine.get("cpu"):
+        sys.exit(f"--baselines: {path} was measured on {saved.get('machine', {}).get('cpu')}, "
+                 f"this is {machine.get('cpu')}")
+    lines = ["| variant | case | draw | defense | test ASR % | test CA drop (points) | DER % | neurons | seconds |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
+    for variant, payload in saved["runs"].items():
+        if variants and variant not in variants:
+            continue
+        settings = payload["settings"]
+        config = BenchConfig(defenses=BASELINE_DEFENSES, defense_size=settings["defense_size"],
+                             seed=settings["seed"], test_limit=settings["test_limit"], provider=settings["provider"])
+        for entry in payload["cases"]:
+            if entry.get("error") or any(r["defense"] in BASELINE_DEFENSES[1:3] for r in entry["rows"]):
+                continue
+            (case,) = discover_cases(entry["name"])
+            onp = next(r for r in entry["rows"] if r["defense"] == "onp")
+            started, clock = datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time.perf_counter()
+            result = run_case(case, config, draw=entry["draw"], random_counts={"onp": onp["pruned_neurons"]})
+            before, was = _plain(result.before), entry["before"]
+            if any((before[k] is None) != (was.get(k) is None) or
+                   (before[k] is not None and abs(before[k] - was[k]) > 1e-12) for k in ("ca", "asr")):
+                sys.exit(f"--baselines: {entry['name']} draw {entry['draw']}: the unpruned model scores {before} on "
+                         f"this run's test data, the saved run {was}: not the same data")
+            rows = [_plain(dataclasses.asdict(r)) for r in result.rows if r.defense != "none"]
+            entry["rows"] = [r for r in entry["rows"] if r["defense"] in ("none", "onp")] + rows
+            entry["baselines"] = {"command": "benchmarks.agent_ablation --baselines", "date": started,
+                                  "seconds": time.perf_counter() - clock}
+            atomic_write_text(path, json.dumps(saved, indent=1) + "\n")
+            for row in rows:
+                drop = 100 * (was["ca"] - row["ca"])
+                der = "–" if row["der"] is None else f"{100 * row['der']:.2f}"
+                asr = "–" if row["asr"] is None else f"{100 * row['asr']:.2f}"
+                lines.append(f"| {variant} | {entry['name']} | {entry['draw']} | {row['defense']} | {asr} | "
+                             f"{drop:.2f} | {der} | {row['pruned_neurons']} | {row['seconds']:.1f} |")
+                print(lines[-1], flush=True)
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=ATTACKS)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=None, help=f"comma list (default: {','.join(VARIANTS)}; "
+                        "with --baselines: every variant in the file)")
     parser.add_argument("--draws", type=int, default=1, help="defense-data draws per case (seeds 0 ..)")
     parser.add_argument("--test-limit", type=int, default=None, help="test images per case (default: all)")
     parser.add_argument("--json", help="write every run's rows here (again after every draw)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the (variant, case, draw)s already in --json and run only the others")
     parser.add_argument("--summarize", nargs="+", metavar="JSON", help="print the tables from saved --json files")
+    parser.add_argument("--baselines", action="store_true",
+                        help="add CLP, Fine-Pruning and random@onp to the saved runs in --json (same draws and data)")
     args = parser.parse_args(argv)
     if args.summarize:
         return summarize(args.summarize)
+    if args.baselines:
+        if not args.json or not os.path.exists(args.json):
+            parser.error("--baselines needs --json with a saved run")
+        add_baselines(args.json, args.variants.split(",") if args.variants else None, machine_info())
+        return
     if args.resume and not args.json:
         parser.error("--resume needs --json")
     cases = discover_cases(args.cases)
     machine = machine_info()
-    variants = args.variants.split(",")
+    variants = (args.variants or ",".join(VARIANTS)).split(",")
     runs: dict[str, dict] = {}
     if args.resume and os.path.exists(args.json):
         saved = json.load(open(args.json))

@@ -346,8 +346,10 @@ def target_lines(table: dict[tuple[str, str], dict[int, Draw]], split: str = "te
         # A defense measured on only some of the models (ANP, not in bench's default) says on how many: its means
         # are over those, and its DER takes no part in the target's verdict.
         shown = baselines(table, split)
-        covered = {label: sum(any(name in d.rows for d in ps) for ps in backdoored.values()) for name, label in shown}
-        partly = {label: f" (on {n} of {len(backdoored)} models)" if 0 < n < len(backdoored) else ""
+        # A model counts as covered when the defense ran on every draw ONP did.
+        covered = {label: sum(all(name in d.rows for d in ps) for ps in backdoored.values()) for name, label in shown}
+        present = {label for name, label in shown for ps in backdoored.values() for d in ps if name in d.rows}
+        partly = {label: f" (on {n} of {len(backdoored)} models)" if label in present and n < len(backdoored) else ""
                   for label, n in covered.items()}
         ders = {label: mean(d.rows[name][0]["der"] for d in pairs if name in d.rows) for name, label in shown}
         others = [v for k, v in ders.items() if k != "ONP" and v is not None and not partly[k]]
@@ -423,7 +425,16 @@ def default_setting_lines(runs: list[tuple[str, dict]], table: dict[tuple[str, s
     draws = {case: len(d) for (case, case_split), d in default.items() if case_split == split}
     full = max(draws.values(), default=0)
     partial = [f"{case} ({n} of {full} draws)" for case, n in sorted(draws.items()) if n < full]
-    note = (f"ONP as `sanitize` runs now (`agent_ablation --variants {DEFAULT_VARIANT}`, no baselines in those runs), "
+    pairs = [d for (case, case_split), ds in default.items() if case_split == split for d in ds.values()
+             if "onp" in d.rows]
+    with_baselines = sum(all(name in d.rows for name, _ in BASELINES) for d in pairs)
+    baselines_note = ("no baselines in those runs" if not with_baselines else
+                      "CLP, Fine-Pruning and random pruning of ONP's count added on the same draws and test data by "
+                      "`agent_ablation --baselines`" + ("" if with_baselines == len(pairs) else
+                                                        f", so far on {with_baselines} of {len(pairs)} (model, draw) "
+                                                        f"pairs; a baseline not on every draw of every model takes no "
+                                                        f"part in the DER verdict"))
+    note = (f"ONP as `sanitize` runs now (`agent_ablation --variants {DEFAULT_VARIANT}`; {baselines_note}), "
             f"on {len(covered)} of the {len(models)} {split} models" +
             (f"; not yet run this way: {', '.join(missing)}" if missing else "") +
             (f"; not all draws yet: {', '.join(partial)}" if partial else "") +

@@ -503,3 +503,36 @@ def test_agent_ablation_resume_keeps_earlier_draws_and_replaces_a_draw_measured_
                                                                             ("m", 2, None)]
     assert merged["seconds"] == 15.0
     assert merge_cases(None, earlier) is earlier
+
+
+def test_agent_ablation_baselines_join_a_saved_onp_run_on_the_same_data(tmp_path, capsys):
+    """--baselines measures CLP, Fine-Pruning and random@onp beside saved ONP rows; other data is refused."""
+    import json
+
+    from benchmarks.agent_ablation import add_baselines
+    from onnx_onp.bench import BenchConfig, machine_info, run_bench
+    from onnx_onp.bench.report import result_to_json
+
+    case = discover_cases("tiny_badnet_cifar10")[0]
+    machine = machine_info()
+    # A stand-in for a saved ONP run: CLP's rows, relabelled (ONP itself takes minutes).
+    payload = result_to_json(run_bench([case], BenchConfig(defenses=("none", "clp"), test_limit=60)), machine)
+    for row in payload["cases"][0]["rows"]:
+        row["defense"] = {"clp": "onp"}.get(row["defense"], row["defense"])
+    stand_in = next(r for r in payload["cases"][0]["rows"] if r["defense"] == "onp")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"machine": machine, "runs": {"v": payload}}))
+
+    add_baselines(str(path), None, machine)
+    rows = {r["defense"]: r for r in json.loads(path.read_text())["runs"]["v"]["cases"][0]["rows"]}
+    assert set(rows) == {"none", "onp", "clp", "fp", "random@clp", "random@fp", "random@onp"}
+    assert rows["random@onp"]["pruned_neurons"] == stand_in["pruned_neurons"]
+    assert (rows["clp"]["ca"], rows["clp"]["asr"]) == (stand_in["ca"], stand_in["asr"])  # the same mask, the same data
+    before = path.read_text()
+    assert len(add_baselines(str(path), None, machine)) == 2 and path.read_text() == before  # nothing left to add
+
+    payload["cases"][0]["before"]["ca"] += 0.01  # as if the saved run had other test data
+    path.write_text(json.dumps({"machine": machine, "runs": {"v": payload}}))
+    with pytest.raises(SystemExit, match="not the same data"):
+        add_baselines(str(path), None, machine)
+    assert "clp" not in {r["defense"] for r in json.loads(path.read_text())["runs"]["v"]["cases"][0]["rows"]}

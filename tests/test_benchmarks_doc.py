@@ -134,6 +134,27 @@ def test_the_current_default_gets_its_own_targets_table_naming_the_models_it_lac
     assert "| backdoored (2 models): mean ONP ASR | ≤ 3% | 30.00% | **no** |" in text.split("### Targets (test split)")[1]
 
 
+def test_baselines_added_to_the_default_runs_give_its_table_the_der_verdict_once_on_every_draw():
+    """agent_ablation --baselines puts CLP, Fine-Pruning and random@onp beside the default's ONP rows."""
+    def with_baselines(case, der):
+        return {**case, "rows": case["rows"] + [{**_row(name, 0.79, 0.90), "der": der}
+                                                for name in ("clp", "fp", "random@onp")]}
+
+    run = _run("2026-01-02", 0, 0.04, split="test", name="bd")
+    run["cases"] = [with_baselines(run["cases"][0], 0.5), {**run["cases"][0], "draw": 1}]
+    bench = ("bench.json", _run("2026-01-01", 0, 0.30, split="test", name="bd"))
+    text = render_benchmarks([bench, ("agent_ablation_x.json", {"machine": {"cpu": "CPU A"}, "runs": {"until_probes_cut": run}})])
+    section = text.split("### Targets (test split, the current default setting only)")[1].split("\n## ")[0]
+    assert "so far on 1 of 2 (model, draw) pairs" in section
+    assert "| ONP above the others | ONP 60.00 | – |" in section  # baselines on one draw of two: no verdict
+    run["cases"][1] = with_baselines(run["cases"][1], 0.5)
+    text = render_benchmarks([bench, ("agent_ablation_x.json", {"machine": {"cpu": "CPU A"}, "runs": {"until_probes_cut": run}})])
+    section = text.split("### Targets (test split, the current default setting only)")[1].split("\n## ")[0]
+    assert "added on the same draws and test data by `agent_ablation --baselines`)" in section
+    assert "| mean DER: ONP 60.00, CLP 50.00, Fine-Pruning 50.00, random (ONP's count) 50.00 | ONP above the others " \
+           "| ONP 60.00 | yes |" in section
+
+
 def test_an_optional_defense_gets_columns_only_where_measured_and_says_on_how_many_models():
     runs = [(f"{n}.json", _run("2026-01-01", 0, 0.05, split="test", name=n)) for n in ("a", "b")]
     assert "ANP" not in render_benchmarks(runs)

@@ -193,9 +193,11 @@ def open_case(name: str, provider: str = "cpu") -> OpenedCase:
 
 def run_case(case: Case, config: BenchConfig, *, splits: DataSplits | None = None,
              on_start: Callable[[CaseResult], None] | None = None,
-             on_row: Callable[[Row], None] | None = None, draw: int | None = None) -> CaseResult:
+             on_row: Callable[[Row], None] | None = None, draw: int | None = None,
+             random_counts: dict[str, int] | None = None) -> CaseResult:
     """Run every chosen defense on one case with the defense data of seed ``draw`` (default: ``config.seed``);
-    rows are also passed to ``on_row`` as they are measured."""
+    rows are also passed to ``on_row`` as they are measured. ``random_counts`` (defense -> neurons pruned) has
+    ``random`` also match defenses measured elsewhere: a saved run's ONP gets its ``random@onp`` row this way."""
     splits = splits or DataSplits()
     draw = config.seed if draw is None else draw
     start = time.perf_counter()
@@ -252,10 +254,12 @@ def run_case(case: Case, config: BenchConfig, *, splits: DataSplits | None = Non
             pruning_rows.append(row)
     if "random" in config.defenses:
         base = configs["random"]
-        for other in pruning_rows:
-            cfg = dataclasses.replace(base, count=other.pruned_neurons, unit="neurons", seed=draw)
+        counts = {row.defense: row.pruned_neurons for row in pruning_rows}
+        counts.update({name: n for name, n in (random_counts or {}).items() if name not in counts})
+        for other, count in counts.items():
+            cfg = dataclasses.replace(base, count=count, unit="neurons", seed=draw)
             res, seconds, mb = _run_defense("random", lm, nmap, defense_data, evaluator, cfg)
-            record(f"random@{other.defense}", res, seconds, mb)
+            record(f"random@{other}", res, seconds, mb)
     return result
 
 
