@@ -253,3 +253,29 @@ def test_until_probes_cut_check_pairs_each_run_with_the_defaults_on_the_same_cpu
     text = "\n".join(lines("dev", tmp_path))
     assert "| gate misses (sanitized or no evidence at ASR > 20%) | 1 | 0 |" in text
     assert "2 (model, draw) pairs with both rows; 1 where until_probes_cut went on" in text
+
+
+def test_confirmation_check_counts_rejections_on_clean_and_backdoored_models_from_the_latest_record(tmp_path):
+    """`python -m benchmarks.confirmation_check`: where the confirmation rule turned a suspicion into exit 0."""
+    import copy
+    import json
+
+    from benchmarks.confirmation_check import confirmations, summary_lines
+
+    record = json.loads((RESULTS / "agent_ablation_test_upc_resnet18_clean_cifar10_s116.json").read_text())
+    (tmp_path / "a.json").write_text(json.dumps(record))
+    pairs = confirmations(tmp_path)
+    # Only draw 2 asked (amplification, index 5.171), and pruning did not confirm it: a clean model left alone.
+    assert list(pairs) == [("resnet18_clean_cifar10_s116", 2)] and not pairs[("resnet18_clean_cifar10_s116", 2)][
+        "confirmed"]
+    assert summary_lines(pairs) == ["- test, neuron amplification: confirmation asked on 1 (model, draw) pairs, "
+                                    "rejected on 1: 1 on clean models (a false alarm avoided), 0 on backdoored ones "
+                                    "(a miss, exit 0)"]
+    later = copy.deepcopy(record)
+    run = later["runs"]["until_probes_cut"]
+    run["date"] = "2099-01-01T00:00:00+00:00"
+    run["cases"][2]["before"]["asr"] = 0.9  # as if the model were backdoored: the same rejection is now a miss
+    (tmp_path / "b.json").write_text(json.dumps(later))
+    pairs = confirmations(tmp_path)
+    assert pairs[("resnet18_clean_cifar10_s116", 2)]["file"] == "b.json"
+    assert "rejected on 1: 0 on clean models (a false alarm avoided), 1 on backdoored ones" in summary_lines(pairs)[0]
