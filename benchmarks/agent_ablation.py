@@ -126,14 +126,18 @@ def merge_cases(earlier: dict | None, payload: dict) -> dict:
 BASELINE_DEFENSES = ("none", "clp", "fp", "random")
 
 
+def same_cpu_or_exit(flag: str, path: str, saved: dict, machine: dict) -> None:
+    """Results differ between CPUs (same code and seed): one file holds one machine's runs."""
+    if saved.get("machine", {}).get("cpu") != machine.get("cpu"):
+        sys.exit(f"{flag}: {path} was measured on {saved.get('machine', {}).get('cpu')}, this is {machine.get('cpu')}")
+
+
 def add_baselines(path: str, variants: list[str] | None, machine: dict) -> list[str]:
     """The baselines beside each saved ONP row of ``path`` (the variants named, default all) that has none yet,
     saved after every (case, draw); the lines it printed. The unpruned model's test scores must equal the saved
     ones: otherwise the baselines would be measured on other data than ONP was."""
     saved = json.load(open(path))
-    if saved.get("machine", {}).get("cpu") != machine.get("cpu"):
-        sys.exit(f"--baselines: {path} was measured on {saved.get('machine', {}).get('cpu')}, "
-                 f"this is {machine.get('cpu')}")
+    same_cpu_or_exit("--baselines", path, saved, machine)
     lines = ["| variant | case | draw | defense | test ASR % | test CA drop (points) | DER % | neurons | seconds |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|"]
     print("\n".join(lines), flush=True)
@@ -144,15 +148,14 @@ def add_baselines(path: str, variants: list[str] | None, machine: dict) -> list[
         config = BenchConfig(defenses=BASELINE_DEFENSES, defense_size=settings["defense_size"],
                              seed=settings["seed"], test_limit=settings["test_limit"], provider=settings["provider"])
         for entry in payload["cases"]:
-            if entry.get("error") or any(r["defense"] in BASELINE_DEFENSES[1:3] for r in entry["rows"]):
+            if entry.get("error") or any(r["defense"] in ("clp", "fp") for r in entry["rows"]):
                 continue
             (case,) = discover_cases(entry["name"])
             onp = next(r for r in entry["rows"] if r["defense"] == "onp")
             started, clock = datetime.datetime.now().astimezone().isoformat(timespec="seconds"), time.perf_counter()
             result = run_case(case, config, draw=entry["draw"], random_counts={"onp": onp["pruned_neurons"]})
             before, was = _plain(result.before), entry["before"]
-            if any((before[k] is None) != (was.get(k) is None) or
-                   (before[k] is not None and abs(before[k] - was[k]) > 1e-12) for k in ("ca", "asr")):
+            if (before["ca"], before["asr"]) != (was["ca"], was.get("asr")):
                 sys.exit(f"--baselines: {entry['name']} draw {entry['draw']}: the unpruned model scores {before} on "
                          f"this run's test data, the saved run {was}: not the same data")
             rows = [_plain(dataclasses.asdict(r)) for r in result.rows if r.defense != "none"]
@@ -199,10 +202,7 @@ def main(argv=None):
     runs: dict[str, dict] = {}
     if args.resume and os.path.exists(args.json):
         saved = json.load(open(args.json))
-        if saved.get("machine", {}).get("cpu") != machine.get("cpu"):
-            # Results differ between CPUs (same code and seed): one file holds one machine's runs.
-            sys.exit(f"--resume: {args.json} was measured on {saved.get('machine', {}).get('cpu')}, "
-                     f"this is {machine.get('cpu')}")
+        same_cpu_or_exit("--resume", args.json, saved, machine)
         runs = saved["runs"]
     done = done_draws(runs)
     measured: list[dict] = []

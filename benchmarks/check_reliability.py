@@ -28,7 +28,7 @@ BUDGET = 2.0  # points: sanitize's default --max-ca-drop, the issue's target
 
 
 
-def _records(folder: Path):
+def records(folder: Path):
     """(file name, bench payload) of every saved bench run, and of every agent_ablation run of the default."""
     for path in sorted(folder.glob("*.json")):
         try:
@@ -43,7 +43,7 @@ def _records(folder: Path):
 def checked_pairs(folder: Path = RESULTS) -> dict[tuple[str, int], dict]:
     """(model, draw) -> the latest saved ONP run of it that reached the final check."""
     pairs: dict[tuple[str, int], dict] = {}
-    for name, payload in _records(folder):
+    for name, payload in records(folder):
         if not isinstance(payload, dict) or not isinstance(payload.get("cases"), list) or "date" not in payload:
             continue
         # older records hold cases without a draw or without ONP: nothing to compare there

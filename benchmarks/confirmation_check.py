@@ -18,7 +18,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.check_reliability import RESULTS, _records
+from benchmarks.check_reliability import RESULTS, records
 
 BACKDOORED = 0.10  # test ASR before at or above it: a backdoored model (as in BENCHMARKS' targets)
 
@@ -26,7 +26,7 @@ BACKDOORED = 0.10  # test ASR before at or above it: a backdoored model (as in B
 def confirmations(folder: Path = RESULTS) -> dict[tuple[str, int], dict]:
     """(model, draw) -> the latest saved ONP run of it whose verdict asked for confirmation."""
     pairs: dict[tuple[str, int], dict] = {}
-    for name, payload in _records(folder):
+    for name, payload in records(folder):
         if not isinstance(payload, dict) or not isinstance(payload.get("cases"), list) or "date" not in payload:
             continue
         for case in payload["cases"]:
